@@ -1,0 +1,311 @@
+"""Settings: one profile object (tiny / 124m / 350m) gathering a small config per stage.
+
+A profile is built from a named preset, then optionally overridden by a TOML file named by
+`WIKIGPT_CONFIG` (one table per section, e.g. `[clean] min_chars = 800`). The pipeline hashes
+each stage's sections into that asset's Dagster code_version, so editing a value marks exactly
+that stage and its downstream stale.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wikigpt_core.model import GPTConfig
+
+PROFILES = ("tiny", "124m", "350m")
+
+
+@dataclass
+class DumpConfig:
+    source: str = "sample"
+    """`sample` (the enwiki sample inside the gensim wheel), a local .xml.bz2 path, or a dump
+    name such as `enwiki/20261101` fetched from `base_url`."""
+    base_url: str = "https://dumps.wikimedia.org"
+    """Dump site or mirror used for dump names."""
+
+
+@dataclass
+class CleanConfig:
+    min_chars: int = 1_000
+    """Articles with fewer characters of plain text than this are dropped as too short."""
+    max_markup_ratio: float = 0.02
+    """Drop articles where leftover markup characters ({|}[]<>=) exceed this share of text."""
+    min_english_ratio: float = 0.3
+    """Minimum share of tokens that are common English stopwords (language heuristic)."""
+    row_group_size: int = 10_000
+    """Parquet rows per row group (bounds reader memory)."""
+
+
+@dataclass
+class DedupConfig:
+    num_perm: int = 128
+    """MinHash permutations."""
+    threshold: float = 0.8
+    """Jaccard threshold the LSH bands are tuned for."""
+    shingle_size: int = 5
+    """Word n-gram size of the shingles."""
+    seed: int = 1
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 32_768
+    """Byte-level BPE vocabulary including the reserved specials; equals the model's vocab."""
+    min_frequency: int = 2
+
+
+@dataclass
+class ShardsConfig:
+    val_fraction: float = 0.005
+    """Share of documents (chosen by hash of the document id) that go to val.bin."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule and bookkeeping for one training stage (pretrain, SFT or DPO)."""
+
+    max_steps: int = 1_000
+    """Optimizer steps (after accumulation). For SFT/DPO, `epochs` takes precedence when set."""
+    epochs: float | None = None
+    """If set, max_steps is derived from the dataset size."""
+    batch_size: int = 16
+    """Micro-batch size in sequences."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step, in total over all ranks (divided by world size)."""
+    seq_len: int | None = None
+    """Training sequence length; defaults to the model's block_size."""
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1
+    """Cosine decays to lr * min_lr_ratio (the 10 % floor)."""
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_iters: int = 20
+    sample_interval: int = 500
+    ckpt_interval: int = 500
+    keep_last_k: int = 2
+    log_interval: int = 10
+    seed: int = 1337
+    compile: str = "auto"
+    """auto: compile on CUDA only; on / off force it."""
+    dpo_beta: float = 0.1
+    """DPO temperature beta (used by the DPO stage only)."""
+
+
+@dataclass
+class TeacherConfig:
+    backend: str = "offline"
+    """offline (built-in, deterministic) or openai (any OpenAI-compatible endpoint, e.g. vLLM)."""
+    base_url: str = "http://127.0.0.1:8001/v1"
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    concurrency: int = 8
+    max_retries: int = 4
+    timeout_s: float = 120.0
+
+
+@dataclass
+class SFTDataConfig:
+    n_examples: int = 50_000
+    mix: dict[str, float] = field(
+        default_factory=lambda: {"qa": 0.5, "summarize": 0.25, "extract": 0.25}
+    )
+    heldout_fraction: float = 0.02
+    passage_chars: int = 1_200
+    seed: int = 7
+
+
+@dataclass
+class PreferenceConfig:
+    n_prompts: int = 5_000
+    samples_per_prompt: int = 2
+    false_premise_fraction: float = 0.2
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    seed: int = 11
+
+
+@dataclass
+class EvalConfig:
+    ppl_batches: int = 50
+    harness_n: int = 200
+    pairwise_n: int = 200
+    max_new_tokens: int = 200
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 2024
+
+
+@dataclass
+class ReleaseConfig:
+    repo_name: str = "wikigpt-124m-instruct"
+
+
+@dataclass
+class Settings:
+    """Everything one run of the pipeline is configured by."""
+
+    profile: str
+    dump: DumpConfig
+    clean: CleanConfig
+    dedup: DedupConfig
+    tokenizer: TokenizerConfig
+    shards: ShardsConfig
+    model: GPTConfig
+    pretrain: TrainConfig
+    teacher: TeacherConfig
+    sft_data: SFTDataConfig
+    sft: TrainConfig
+    preference: PreferenceConfig
+    dpo: TrainConfig
+    eval: EvalConfig
+    release: ReleaseConfig
+
+    def __post_init__(self) -> None:
+        if self.tokenizer.vocab_size != self.model.vocab_size:
+            raise ValueError(
+                f"tokenizer.vocab_size={self.tokenizer.vocab_size} must equal "
+                f"model.vocab_size={self.model.vocab_size}; set both in your WIKIGPT_CONFIG"
+            )
+        if self.model.vocab_size > 65_536:
+            raise ValueError("vocab_size must fit uint16 token shards (<= 65,536)")
+
+    def section(self, name: str) -> Any:
+        if name not in _SECTION_NAMES:
+            raise ValueError(f"unknown config section {name!r}; known: {sorted(_SECTION_NAMES)}")
+        return getattr(self, name)
+
+    def sections_hash(self, names: list[str]) -> str:
+        """Stable short hash of the named sections (feeds Dagster code_version)."""
+        payload = {n: _as_dict(self.section(n)) for n in names}
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"profile": self.profile} | {n: _as_dict(getattr(self, n)) for n in _SECTION_NAMES}
+
+
+_SECTION_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "profile")
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
+
+
+def _preset(name: str) -> Settings:
+    if name == "tiny":
+        vocab = 4_096
+        model = GPTConfig(vocab_size=vocab, block_size=256, n_layer=4, n_head=4, n_embd=128,
+                          mlp_multiple_of=64)
+        return Settings(
+            profile=name,
+            dump=DumpConfig(),
+            clean=CleanConfig(min_chars=500),
+            dedup=DedupConfig(),
+            tokenizer=TokenizerConfig(vocab_size=vocab),
+            shards=ShardsConfig(val_fraction=0.1),
+            model=model,
+            pretrain=TrainConfig(max_steps=300, batch_size=16, grad_accum=1, lr=3e-3,
+                                 warmup_steps=30, eval_interval=100, eval_iters=5,
+                                 sample_interval=150, ckpt_interval=100, log_interval=25),
+            teacher=TeacherConfig(),
+            sft_data=SFTDataConfig(n_examples=600, heldout_fraction=0.1, passage_chars=500),
+            sft=TrainConfig(max_steps=120, batch_size=8, grad_accum=1, lr=1e-3,
+                            warmup_steps=10, eval_interval=60, eval_iters=4,
+                            sample_interval=60, ckpt_interval=60, log_interval=20),
+            preference=PreferenceConfig(n_prompts=64, max_new_tokens=48),
+            dpo=TrainConfig(max_steps=40, batch_size=8, grad_accum=1, lr=1e-4,
+                            warmup_steps=4, eval_interval=20, eval_iters=2,
+                            sample_interval=40, ckpt_interval=20, log_interval=10),
+            eval=EvalConfig(ppl_batches=8, harness_n=24, pairwise_n=16, max_new_tokens=48),
+            release=ReleaseConfig(repo_name="wikigpt-tiny-instruct"),
+        )
+    if name in ("124m", "350m"):
+        if name == "124m":
+            model = GPTConfig()  # SPEC §2 exactly
+            pre_batch, pre_accum = 16, 32  # 16 x 1,024 x 32 = 524,288 tokens per optimizer step
+        else:
+            # A standard ~350 M Llama shape: 24 layers, width 1,024, 16 heads of 64.
+            model = GPTConfig(n_layer=24, n_head=16, n_embd=1_024)
+            pre_batch, pre_accum = 8, 64
+        return Settings(
+            profile=name,
+            dump=DumpConfig(),
+            clean=CleanConfig(),
+            dedup=DedupConfig(),
+            tokenizer=TokenizerConfig(vocab_size=model.vocab_size),
+            shards=ShardsConfig(),
+            model=model,
+            pretrain=TrainConfig(max_steps=7_630, batch_size=pre_batch, grad_accum=pre_accum,
+                                 lr=6e-4, warmup_steps=700),
+            teacher=TeacherConfig(),
+            sft_data=SFTDataConfig(),
+            sft=TrainConfig(epochs=3, batch_size=16, grad_accum=4, lr=3e-5, warmup_steps=100,
+                            sample_interval=200, eval_interval=200, ckpt_interval=200),
+            preference=PreferenceConfig(),
+            dpo=TrainConfig(epochs=1, batch_size=8, grad_accum=4, lr=1e-6, warmup_steps=20,
+                            eval_interval=100, ckpt_interval=100, sample_interval=100),
+            eval=EvalConfig(),
+            release=ReleaseConfig(repo_name=f"wikigpt-{name}-instruct"),
+        )
+    raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+
+
+def load_settings(profile: str | None = None, overrides: str | Path | None = None) -> Settings:
+    """Preset named by `profile` (default: $WIKIGPT_PROFILE or tiny), then the TOML overrides
+    file (default: $WIKIGPT_CONFIG), then the dump source from $WIKIGPT_DUMP."""
+    settings = _preset(profile or os.environ.get("WIKIGPT_PROFILE", "tiny"))
+    overrides = overrides or os.environ.get("WIKIGPT_CONFIG")
+    if overrides:
+        settings = apply_overrides(settings, _read_toml(Path(overrides)))
+    if os.environ.get("WIKIGPT_DUMP"):
+        settings.dump = dataclasses.replace(settings.dump, source=os.environ["WIKIGPT_DUMP"])
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"WIKIGPT_CONFIG points at {path}, which does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path} is not valid TOML: {e}") from None
+
+
+def apply_overrides(settings: Settings, table: dict[str, Any]) -> Settings:
+    """Return a copy of settings with `{section: {field: value}}` applied; unknown names raise."""
+    changes: dict[str, Any] = {}
+    for section, values in table.items():
+        current = settings.section(section)
+        if not isinstance(values, dict):
+            raise ValueError(f"override [{section}] must be a table of field = value")
+        known = {f.name for f in dataclasses.fields(current) if f.init}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)} in [{section}]; known: {sorted(known)}")
+        changes[section] = dataclasses.replace(current, **values)
+    return dataclasses.replace(settings, **changes)
+
+
+def wikigpt_home() -> Path:
+    """Root of all artifacts: $WIKIGPT_HOME, default ~/.wikigpt."""
+    return Path(os.environ.get("WIKIGPT_HOME", Path.home() / ".wikigpt")).expanduser()
+
+
+def artifact_dir(settings: Settings, asset: str) -> Path:
+    """Where an asset's artifact lives: $WIKIGPT_HOME/<profile>/<asset>."""
+    return wikigpt_home() / settings.profile / asset
+
+
+def work_dir(settings: Settings, asset: str) -> Path:
+    """Persistent scratch for resumable work (training checkpoints, finished extraction parts).
+    Survives a killed run; cleared by the stage once its artifact is published."""
+    return wikigpt_home() / settings.profile / "_work" / asset
