@@ -40,6 +40,12 @@ class CleanConfig:
     """Minimum share of tokens that are common English stopwords (language heuristic)."""
     row_group_size: int = 10_000
     """Parquet rows per row group (bounds reader memory)."""
+    max_list_ratio: float = 0.6
+    """Drop as a list page when more than this share of wikitext lines are list items."""
+    workers: int = 0
+    """Extraction processes; 0 = one per CPU core."""
+    part_pages: int = 2_000
+    """Dump pages per resumable part (a finished part is reused after a killed run)."""
 
 
 @dataclass
@@ -51,6 +57,12 @@ class DedupConfig:
     shingle_size: int = 5
     """Word n-gram size of the shingles."""
     seed: int = 1
+    lsh_threshold: float = 0.65
+    """LSH bands are tuned for this lower Jaccard so pairs at `threshold` are almost always
+    candidates (16 bands x 8 rows at 128 perms: 99.4 % at J=0.85); each candidate pair is then
+    confirmed by its exact shingle Jaccard >= `threshold`."""
+    workers: int = 0
+    """Hashing processes; 0 = one per CPU core."""
 
 
 @dataclass
@@ -58,12 +70,19 @@ class TokenizerConfig:
     vocab_size: int = 32_768
     """Byte-level BPE vocabulary including the reserved specials; equals the model's vocab."""
     min_frequency: int = 2
+    heldout_fraction: float = 0.005
+    """Documents (by id hash, the same rule as the val shard) kept out of training and used
+    to measure bytes per token."""
+    max_train_chars: int = 0
+    """Stop feeding the trainer after this many characters (0 = the whole corpus)."""
 
 
 @dataclass
 class ShardsConfig:
     val_fraction: float = 0.005
     """Share of documents (chosen by hash of the document id) that go to val.bin."""
+    batch_docs: int = 1_000
+    """Documents per encode_batch call and per resumable part."""
 
 
 @dataclass
@@ -108,8 +127,18 @@ class TeacherConfig:
     base_url: str = "http://127.0.0.1:8001/v1"
     model: str = "Qwen/Qwen2.5-7B-Instruct"
     concurrency: int = 8
+    """Requests in flight at once (bounded thread pool)."""
     max_retries: int = 4
+    """Retries per request after a transient failure (5xx, 429, timeout, connection error)."""
     timeout_s: float = 120.0
+    retry_backoff_s: float = 1.0
+    """First retry waits this long; each further retry doubles it (plus a little jitter)."""
+    api_key_env: str = "WIKIGPT_TEACHER_API_KEY"
+    """Env var holding the endpoint's API key (OPENAI_API_KEY is the fallback); never logged."""
+    max_tokens: int = 512
+    """Completion budget per teacher request."""
+    temperature: float = 0.0
+    """Teacher sampling temperature (0 = greedy, the most reproducible)."""
 
 
 @dataclass
@@ -119,8 +148,18 @@ class SFTDataConfig:
         default_factory=lambda: {"qa": 0.5, "summarize": 0.25, "extract": 0.25}
     )
     heldout_fraction: float = 0.02
+    """Share of articles (not examples, so no passage leaks across the split) held out."""
     passage_chars: int = 1_200
+    """Target passage length; passages are whole sentences packed up to this size."""
     seed: int = 7
+    max_passages_per_article: int = 8
+    """Passages taken from one article (spreads the data across articles)."""
+    min_grounding: float = 0.7
+    """Minimum share of the response's content words that occur in the passage."""
+    min_response_words: int = 1
+    max_response_words: int = 120
+    min_english_ratio: float = 0.25
+    """Minimum share of common English function words in the passage (language filter)."""
 
 
 @dataclass
@@ -131,6 +170,9 @@ class PreferenceConfig:
     max_new_tokens: int = 200
     temperature: float = 0.8
     seed: int = 11
+    top_p: float = 0.95
+    min_margin: float = 0.5
+    """Judge score gap (1-10 scale, averaged over both orders) below which a pair is dropped."""
 
 
 @dataclass
@@ -142,11 +184,21 @@ class EvalConfig:
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int = 2024
+    ppl_batch_size: int = 8
+    """Windows of block_size tokens per perplexity batch (ppl_batches x this many in all)."""
+    harness_temperature: float = 0.0
+    """Decoding for the harness and pairwise replies (0 = greedy, reproducible)."""
+    sft_ppl_limit: float = 25.0
+    """SFT val perplexity at or above this means catastrophic forgetting (SPEC §4, 124m)."""
 
 
 @dataclass
 class ReleaseConfig:
     repo_name: str = "wikigpt-124m-instruct"
+    sft_dataset_repo: str = ""
+    """Hub dataset id where the SFT data is published (named in the model card), if any."""
+    preference_dataset_repo: str = ""
+    """Hub dataset id where the preference pairs are published, if any."""
 
 
 @dataclass
@@ -210,7 +262,7 @@ def _preset(name: str) -> Settings:
             dump=DumpConfig(),
             clean=CleanConfig(min_chars=500),
             dedup=DedupConfig(),
-            tokenizer=TokenizerConfig(vocab_size=vocab),
+            tokenizer=TokenizerConfig(vocab_size=vocab, heldout_fraction=0.1),
             shards=ShardsConfig(val_fraction=0.1),
             model=model,
             pretrain=TrainConfig(max_steps=300, batch_size=16, grad_accum=1, lr=3e-3,

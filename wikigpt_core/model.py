@@ -1,8 +1,26 @@
-"""WikiGPT model (SPEC §2). Placeholder config; the modules follow."""
+"""WikiGPT: a Llama-style decoder on a GPT-2-small skeleton (SPEC §2).
+
+Pre-norm blocks of RMSNorm -> attention (fused qkv, RoPE, SDPA) and RMSNorm -> SwiGLU, a final
+RMSNorm and an LM head tied to the token embedding. Parameter names and layouts map one-to-one
+onto Hugging Face `LlamaForCausalLM` (q/k/v are the row blocks of `attn.qkv.weight`; RoPE
+uses the "rotate half" pairing i <-> i + head_dim/2), so the HF export needs no permutation.
+
+Extras beyond the course:
+- `KVCache` + `generate(use_cache=True)`: prefill the prompt once, then one token per step.
+- Document masking for packed SFT: `forward(..., doc_ids=...)` blocks attention across
+  example boundaries and restarts RoPE positions at each example.
+"""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
 
 
 @dataclass
@@ -33,3 +51,278 @@ class GPTConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         raw = math.ceil(8 * self.n_embd / 3)
         self.mlp_hidden = self.mlp_multiple_of * math.ceil(raw / self.mlp_multiple_of)
+
+
+class RMSNorm(nn.Module):
+    """HF Llama RMSNorm: normalise in float32, cast back, then scale by the gain."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape (length, head_dim) in float32, laid out as cat(freqs, freqs) (HF)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (T, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, T, hd) by cos/sin broadcastable to it; computed in float32."""
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)  # rotate_half
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Per-layer key/value buffers of shape (B, H, block_size, hd), filled left to right.
+
+    `pos` is how many positions are filled. Built by `GPT.new_cache`; advanced by
+    `GPT.forward` once all layers have written the new positions."""
+
+    def __init__(self, config: GPTConfig, batch: int, device, dtype) -> None:
+        shape = (batch, config.n_head, config.block_size, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.capacity = config.block_size
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k/v (B, H, T, hd) at [pos, pos+T); return keys/values for [0, pos+T)."""
+        end = self.pos + k.shape[2]
+        assert end <= self.capacity, "KV cache overflow; the caller must re-prefill"
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.head_dim, self.dropout = config.n_head, config.head_dim, config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # rows: q, k, v
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, H, T, hd)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(layer, k, v)
+        dropout = self.dropout if self.training else 0.0
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        elif past == 0 or T == 1:
+            # Prefill from an empty cache is plain causal; a single new token sees everything.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=dropout)
+        else:
+            # T new queries after `past` cached positions: causal, aligned bottom-right.
+            allowed = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.proj(y)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        self.up = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        self.down = nn.Linear(config.mlp_hidden, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = SwiGLU(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, cos, sin, mask=None, cache=None, layer=0):
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, mask, cache, layer))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+def document_layout(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From per-position segment ids (B, T) build the attention mask (B, 1, T, T), True =
+    may attend (causal and same segment), and position ids (B, T) restarting at 0 per segment."""
+    B, T = doc_ids.shape
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    mask = (same & causal).unsqueeze(1)
+    idx = torch.arange(T, device=doc_ids.device).expand(B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    seg_start = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=1).values
+    return mask, idx - seg_start
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied: one tensor, counted once
+        cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+        # Derived from the config, so kept out of checkpoints (persistent=False).
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        resid_std = 0.02 / math.sqrt(2 * config.n_layer)
+        for block in self.blocks:  # the two matrices per block that write into the residual
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=resid_std)
+            nn.init.normal_(block.mlp.down.weight, mean=0.0, std=resid_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Parameters with the tied head counted once (110,119,680 for 124m)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch: int = 1) -> KVCache:
+        p = self.tok_emb.weight
+        return KVCache(self.config, batch, p.device, p.dtype)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                doc_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                all_logits: bool = False):
+        """idx (B, T) token ids; targets (B, T) next-token ids aligned with idx (-100 = ignore).
+
+        Returns (logits, loss). With targets: logits (B, T, V) and the mean cross-entropy over
+        non-ignored positions (computed in float32). Without: logits of the last position only,
+        (B, 1, V), unless `all_logits`. `doc_ids` (B, T) enables document masking for packed
+        sequences; `cache` runs incremental decoding (positions continue at `cache.pos`)."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size={self.config.block_size}")
+        mask = None
+        if doc_ids is not None:
+            assert cache is None, "document masking is a training path; no KV cache"
+            mask, pos = document_layout(doc_ids)
+            cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # (B,1,T,hd)
+        else:
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hd)
+        x = self.tok_emb(idx)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.pos += T
+        x = self.norm(x)
+        if targets is None:
+            logits = self.lm_head(x if all_logits else x[:, -1:, :])  # inference: last only
+            return logits, None
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = token_loss(logits, targets)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, stop_ids=None, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """idx (B, T) followed by up to max_new_tokens sampled tokens.
+
+        A stop id, when produced, IS included as the last token. With B > 1 decoding goes on
+        until every row has stopped; rows that stopped early are padded with their stop id."""
+        stop = torch.tensor(sorted(set(stop_ids or ())), dtype=torch.long, device=idx.device)
+        out = [idx]
+        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        last = None
+        for nxt in self._decode(idx, max_new_tokens, temperature, top_p, use_cache, generator):
+            if last is not None:
+                nxt = torch.where(done, last, nxt)  # stopped rows repeat their stop id
+            out.append(nxt[:, None])
+            last = nxt
+            if stop.numel():
+                done |= torch.isin(nxt, stop)
+                if bool(done.all()):
+                    break
+        return torch.cat(out, dim=1)
+
+    @torch.no_grad()
+    def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                        top_p: float = 1.0, stop_ids=None, use_cache: bool = True,
+                        generator: torch.Generator | None = None) -> Iterator[int]:
+        """Yield new token ids one at a time for a single sequence (idx of shape (1, T) or (T,)).
+        A stop id is yielded (so the caller knows why it ended) and then the stream ends."""
+        if idx.dim() == 1:
+            idx = idx[None]
+        if idx.shape[0] != 1:
+            raise ValueError("generate_stream takes a single sequence (batch size 1)")
+        stop = set(stop_ids or ())
+        for nxt in self._decode(idx, max_new_tokens, temperature, top_p, use_cache, generator):
+            token = int(nxt[0])
+            yield token
+            if token in stop:
+                return
+
+    def _decode(self, idx, max_new_tokens, temperature, top_p, use_cache, generator):
+        """Yield the next token (B,) per step. Context is cropped from the left to block_size.
+        With the cache, the prompt is prefilled once and each step feeds one token. Once the
+        context is full, each step re-prefills the last block_size tokens: exactly the cropped
+        full-recompute result (no cache speedup past the context length, never a wrong one)."""
+        block = self.config.block_size
+        seq = idx
+        cache, fed = None, None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits, _ = self(seq[:, -block:])
+            elif cache is None or cache.pos >= block:
+                cache = self.new_cache(seq.shape[0])
+                logits, _ = self(seq[:, -block:], cache=cache)
+            else:
+                logits, _ = self(fed[:, None], cache=cache)
+            nxt = sample_next(logits[:, -1, :], temperature, top_p, generator)
+            fed = nxt
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            yield nxt
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (float32) over positions whose target is not -100; 0 if none are."""
+    flat = targets.reshape(-1)
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), flat,
+                             ignore_index=IGNORE_INDEX, reduction="sum")
+    count = (flat != IGNORE_INDEX).sum().clamp(min=1)
+    return losses / count
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from logits (B, V). Float32; temperature 0 is greedy; nucleus keeps the
+    smallest prefix of probability-sorted tokens whose mass reaches top_p."""
+    logits = logits.float()
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly before each token
+        sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)  # the first token always stays
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    choice = torch.multinomial(probs, 1, generator=generator)
+    return choice[:, 0]

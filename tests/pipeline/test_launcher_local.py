@@ -1,0 +1,108 @@
+"""The local ComputeLauncher runs a real stage subprocess through Dagster Pipes.
+
+The asset's metadata and DataVersion must come from what the child process reported over
+Pipes (the parent never reads the artifact), and a failing stage must fail the asset with the
+child's own traceback in the error.
+"""
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from wikigpt_core.artifacts import content_hash, read_manifest
+from wikigpt_pipeline.launchers import ComputeLauncher, StageLaunchError
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A minimal stage CLI shaped like the real ones: ArtifactWriter + stage_reporter.
+FIXTURE_STAGE = textwrap.dedent('''
+    import argparse, json, sys
+    from pathlib import Path
+    from wikigpt_core.artifacts import ArtifactWriter
+    from wikigpt_core.pipes_bridge import stage_reporter
+
+    def main():
+        p = argparse.ArgumentParser()
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--steps", type=int, default=3)
+        p.add_argument("--fail-at", type=int, default=-1)
+        a = p.parse_args()
+        with stage_reporter("fixture") as rep:
+            with ArtifactWriter(a.out, stage="fixture") as w:
+                for step in range(a.steps):
+                    if step == a.fail_at:
+                        raise RuntimeError(f"fixture blew up at step {step}")
+                    rep.metrics({"loss/train": 5.0 - step, "tps": 100 + step}, step)
+                (w.dir / "weights.txt").write_text("x" * a.steps)
+                w.stats.update({"steps": a.steps, "nested": {"a": 1.5}})
+            rep.report(w.result)
+
+    if __name__ == "__main__":
+        main()
+''')
+
+
+@pytest.fixture()
+def fixture_stage(tmp_path, monkeypatch) -> str:
+    pkg = tmp_path / "pkgs" / "wg_fixture"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "stage.py").write_text(FIXTURE_STAGE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "pkgs"), str(REPO)]))
+    return "wg_fixture.stage"
+
+
+def _asset_for(stage: str, args: list[str], out: Path) -> dg.AssetsDefinition:
+    @dg.asset(name="fixture_artifact")
+    def fixture_artifact(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+        return launcher.run_stage(context, stage, args, [out])
+
+    return fixture_artifact
+
+
+def test_metadata_and_data_version_come_from_pipes(tmp_path, fixture_stage):
+    out = tmp_path / "art"
+    asset = _asset_for(fixture_stage, ["--out", str(out), "--steps", "4"], out)
+    instance = dg.DagsterInstance.ephemeral()
+    res = dg.materialize([asset], resources={"launcher": ComputeLauncher()}, instance=instance)
+    assert res.success
+    mat = res.asset_materializations_for_node("fixture_artifact")[0]
+    md = {k: v.value for k, v in mat.metadata.items()}
+    assert md["steps"] == 4 and md["nested/a"] == 1.5          # flattened stage stats
+    assert md["last/loss/train"] == 2.0 and md["last_step"] == 3  # from the metric messages
+    assert md["backend"] == "local" and md["wall_seconds"] > 0
+    # The DataVersion is the child's content hash, and it matches the bytes on disk.
+    assert mat.tags["dagster/data_version"] == content_hash(out) == read_manifest(out)["content_hash"]
+    # Metric updates were streamed as log lines while the child ran.
+    logs = [r.user_message for r in instance.all_logs(res.run_id)]
+    assert "[fixture] step 2: loss/train=3 tps=102" in logs
+
+
+def test_failure_carries_the_child_traceback(tmp_path, fixture_stage):
+    out = tmp_path / "art"
+    asset = _asset_for(fixture_stage, ["--out", str(out), "--fail-at", "1"], out)
+    res = dg.materialize([asset], resources={"launcher": ComputeLauncher()},
+                         instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    assert not res.success
+    error = res.get_step_failure_events()[0].step_failure_data.error
+    assert error.cause.cls_name == "StageLaunchError"  # wrapped by Dagster's step error
+    assert "RuntimeError: fixture blew up at step 1" in error.cause.message
+    assert not out.exists()  # the atomic writer left nothing behind
+
+
+def test_unknown_backend_is_a_clear_error(tmp_path):
+    launcher = ComputeLauncher(backend="lambda")
+    with pytest.raises(ValueError, match="backend='lambda'"):
+        launcher.run_stage(dg.build_asset_context(), "pretrain", [], [])
+
+
+def test_importing_pipeline_launchers_does_not_need_skypilot():
+    code = ("import sys, wikigpt_pipeline.launchers; "
+            "assert 'sky' not in sys.modules, 'sky was imported'")
+    import subprocess
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

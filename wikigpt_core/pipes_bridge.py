@@ -1,0 +1,157 @@
+"""Report a stage's progress and result to whoever launched it: Dagster Pipes, or a terminal.
+
+A stage CLI wraps its work like this:
+
+    with stage_reporter("pretrain") as rep:
+        result = run_pretrain(..., on_metrics=rep.metrics)
+        rep.report(result)
+
+When the process was started by Dagster Pipes (locally by `PipesSubprocessClient`, or on a
+rented GPU by the SkyPilot launcher, which injects the same environment variables), metric
+updates become Dagster log lines plus `report_custom_message` payloads, and `report` sends an
+asset materialization whose metadata is the stage's flattened stats and whose data_version is
+the artifact's content hash. Without Pipes everything is printed, so the same CLI runs on a bare
+GPU box.
+
+This is the only module in `wikigpt_core` that touches `dagster_pipes`, and it imports it lazily,
+only when `DAGSTER_PIPES_CONTEXT` is set: the library itself never needs Dagster.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+
+from wikigpt_core.artifacts import StageResult
+
+PIPES_CONTEXT_ENV = "DAGSTER_PIPES_CONTEXT"
+METRICS_MESSAGE = "metrics"
+"""`type` field of the custom message carrying one `on_metrics` call."""
+RESULT_MESSAGE = "stage_result"
+"""`type` field of the custom message carrying the final stats (sent in every mode)."""
+ERROR_MESSAGE = "error"
+"""`type` field of the custom message carrying a failing stage's traceback."""
+_ERROR_CHARS = 4_000
+
+
+def flatten_stats(stats: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts become `a/b` keys; values are kept if JSON scalars, else JSON-encoded.
+
+    Non-finite floats (NaN, inf) are turned into strings: Dagster's float metadata and JSON
+    both reject them, and a NaN loss is exactly what someone needs to see.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in stats.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_stats(value, prefix=f"{name}/"))
+        elif isinstance(value, bool) or isinstance(value, (int, str)) or value is None:
+            flat[name] = value
+        elif isinstance(value, float):
+            flat[name] = value if math.isfinite(value) else str(value)
+        elif hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+            flat.update(flatten_stats({key: value.item()}, prefix=prefix))
+        else:
+            flat[name] = json.dumps(value, default=str)
+    return {k: v for k, v in flat.items() if v is not None}
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, float | int | str]:
+    return flatten_stats(metrics)
+
+
+def _format_metrics(metrics: Mapping[str, Any], step: int) -> str:
+    parts = []
+    for k, v in _scalars(metrics).items():
+        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return f"step {step}: " + " ".join(parts)
+
+
+class StageReporter:
+    """Prints progress and the final result (the behaviour outside Dagster)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.last_metrics: dict[str, Any] = {}
+        self.last_step: int | None = None
+
+    def metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """The `on_metrics(dict, step)` callback of the training functions."""
+        self.last_metrics.update(_scalars(metrics))
+        self.last_step = int(step)
+        self._emit_metrics(metrics, int(step))
+
+    def log(self, message: str) -> None:
+        print(f"[{self.stage}] {message}", flush=True)
+
+    def report(self, result: StageResult) -> None:
+        """Hand the stage's result back: path, content hash (the DataVersion) and stats."""
+        print(json.dumps({"type": RESULT_MESSAGE, "stage": self.stage, "path": str(result.path),
+                          "content_hash": result.content_hash,
+                          "stats": flatten_stats(result.stats)}, default=str), flush=True)
+
+    def _emit_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        print(f"[{self.stage}] {_format_metrics(metrics, step)}", flush=True)
+
+
+class PipesStageReporter(StageReporter):
+    """Forwards progress and the result through an open `dagster_pipes.PipesContext`."""
+
+    def __init__(self, stage: str, pipes: Any) -> None:
+        super().__init__(stage)
+        self.pipes = pipes
+
+    def log(self, message: str) -> None:
+        self.pipes.log.info(f"[{self.stage}] {message}")
+
+    def _emit_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        # The log line shows up live in the Dagster run log; the custom message lets the
+        # launcher rebuild the curve and the last values as metadata.
+        self.pipes.log.info(f"[{self.stage}] {_format_metrics(metrics, step)}")
+        self.pipes.report_custom_message(
+            {"type": METRICS_MESSAGE, "step": step, "metrics": _scalars(metrics)})
+
+    def report(self, result: StageResult) -> None:
+        stats = flatten_stats(result.stats)
+        self.pipes.report_custom_message(
+            {"type": RESULT_MESSAGE, "stage": self.stage, "path": str(result.path),
+             "content_hash": result.content_hash, "stats": stats})
+        if self.pipes.is_asset_step:
+            metadata = {**stats, "content_hash": result.content_hash}
+            if self.last_step is not None:
+                metadata["last_step"] = self.last_step
+            self.pipes.report_asset_materialization(metadata=metadata,
+                                                    data_version=result.content_hash)
+        self.pipes.log.info(f"[{self.stage}] done: {result.path} ({result.content_hash[:12]})")
+
+
+def running_under_pipes() -> bool:
+    return PIPES_CONTEXT_ENV in os.environ
+
+
+@contextmanager
+def stage_reporter(stage: str | None = None) -> Iterator[StageReporter]:
+    """Yield a reporter for this process: Pipes-backed when launched by Dagster, else printing.
+
+    Under Pipes, an exception escaping the block is sent to Dagster (with its traceback) before
+    the connection closes, then re-raised so the process exits non-zero.
+    """
+    name = stage or os.path.basename(sys.argv[0]).removesuffix(".py")
+    if not running_under_pipes():
+        yield StageReporter(name)
+        return
+    from dagster_pipes import open_dagster_pipes  # lazy: only a Pipes-launched process needs it
+
+    with open_dagster_pipes() as pipes:
+        reporter = PipesStageReporter(name, pipes)
+        try:
+            yield reporter
+        except BaseException as exc:
+            # Sent as a custom message too, so the launcher can put it in the asset's error.
+            text = "".join(traceback.format_exception(exc))
+            pipes.report_custom_message({"type": ERROR_MESSAGE, "error": text[-_ERROR_CHARS:]})
+            raise

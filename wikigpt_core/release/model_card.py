@@ -1,0 +1,230 @@
+"""The release's README.md (model card, SPEC §5) and gallery.md, filled from lineage.
+
+`lineage` maps each upstream asset name to {"stats": {...}, "content_hash": str}. Every number
+in the card comes from there or from the eval report; a figure the upstream did not record is
+shown as "n/a" rather than invented.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from wikigpt_core.model import GPTConfig
+
+NA = "n/a"
+CHECKPOINTS = ("base_checkpoint", "sft_checkpoint", "dpo_checkpoint")
+LICENSE_URL = "https://creativecommons.org/licenses/by-sa/4.0/legalcode"
+
+
+def stat(lineage: dict[str, dict], asset: str, *keys: str) -> Any:
+    """First of `keys` present in the asset's stats, else None."""
+    stats = (lineage.get(asset) or {}).get("stats") or {}
+    for k in keys:
+        if stats.get(k) is not None:
+            return stats[k]
+    return None
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """Thousands separators for ints, a few significant decimals for floats, n/a for None."""
+    if value is None:
+        return NA
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) >= 1_000:
+            return f"{int(value):,}"
+        return f"{value:,.{digits}f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:,.0f}"
+    return str(value)
+
+
+def filter_counts(lineage: dict[str, dict]) -> dict[str, Any]:
+    """Per-filter drop counts of cleaned_articles, whether nested or flattened into stats."""
+    stats = (lineage.get("cleaned_articles") or {}).get("stats") or {}
+    nested = stats.get("filter_counts")
+    if isinstance(nested, dict):
+        return dict(nested)
+    return {k: v for k, v in stats.items()
+            if isinstance(v, (int, float)) and ("drop" in k or k.startswith("filter"))}
+
+
+def front_matter(repo_name: str, datasets: list[str]) -> str:
+    lines = ["---", "license: cc-by-sa-4.0", "language:", "- en", "library_name: transformers",
+             "pipeline_tag: text-generation", "tags:"]
+    lines += [f"- {t}" for t in ("llama", "wikipedia", "chat", "dpo", "from-scratch", "wikigpt")]
+    lines += ["datasets:"] + [f"- {d}" for d in datasets]
+    lines += [f"model_name: {repo_name}", "---", ""]
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _eval_section(report: dict[str, Any]) -> str:
+    parts: list[str] = []
+    ppl = report.get("perplexity") or {}
+    if ppl:
+        base = ppl.get("base")
+        rows = []
+        for name in ("base", "sft", "dpo"):
+            v = ppl.get(name)
+            delta = f"{100 * (v - base) / base:+.1f} %" if v is not None and base else NA
+            rows.append([name, v, delta])
+        parts.append("Perplexity on the held-out Wikipedia val shard:\n\n"
+                     + _table(["checkpoint", "perplexity", "Δ vs base"], rows))
+    pair = report.get("pairwise") or {}
+    if pair:
+        rows = [[k.replace("_", " "), _pct(v.get("win")), _pct(v.get("tie")), _pct(v.get("loss")),
+                 v.get("n")] for k, v in pair.items()]
+        parts.append("Position-debiased pairwise judge (each pair judged in both orders; "
+                     "disagreement counts as a tie):\n\n" + _table(["pair", "win", "tie", "loss", "n"], rows))
+    harness = report.get("harness") or {}
+    if harness:
+        metrics = ("exact_match", "contains_answer", "stopped", "length_ok", "distinct3")
+        rows = [[name] + [m.get(k) for k in metrics] for name, m in harness.items()]
+        parts.append("Judge-free closed-QA harness:\n\n" + _table(["checkpoint", *metrics], rows))
+    return "\n\n".join(parts) if parts else "No evaluation figures were recorded for this run."
+
+
+def _pct(v: Any) -> str:
+    return NA if v is None else f"{100 * float(v):.0f} %"
+
+
+def _training_rows(lineage: dict[str, dict]) -> list[list[Any]]:
+    rows = []
+    for ck in CHECKPOINTS:
+        seconds = stat(lineage, ck, "seconds", "train_seconds", "wall_seconds")
+        loss = stat(lineage, ck, "final_loss", "loss", "train_loss", "loss/train")
+        val = stat(lineage, ck, "val_loss", "loss/val")
+        rows.append([ck.removesuffix("_checkpoint"), stat(lineage, ck, "steps", "max_steps"),
+                     stat(lineage, ck, "tokens", "train_tokens_seen", "tokens_seen"),
+                     None if seconds is None else round(float(seconds) / 3600, 3),
+                     stat(lineage, ck, "gpu_hours"), stat(lineage, ck, "cost_usd"), loss, val,
+                     str(stat(lineage, ck, "device", "hardware", "gpu") or NA)])
+    return rows
+
+
+def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, lineage: dict[str, dict],
+                      report: dict[str, Any], datasets: list[str], sft_data_url: str = "",
+                      preference_data_url: str = "") -> str:
+    """README.md for the Hub repo: front matter plus the SPEC §5 sections."""
+    L = lineage
+    dump_date = stat(L, "wiki_dump", "dump_date")
+    pages = stat(L, "wiki_dump", "pages")
+    filters = filter_counts(L)
+    filter_text = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(filters.items())) or NA
+    train_tokens = stat(L, "token_shards", "train_tokens")
+    gpu_hours = [stat(L, ck, "gpu_hours") for ck in CHECKPOINTS]
+    costs = [stat(L, ck, "cost_usd") for ck in CHECKPOINTS]
+    total_gpu_h = sum(float(g) for g in gpu_hours if g is not None) if any(g is not None for g in gpu_hours) else None
+    total_cost = sum(float(c) for c in costs if c is not None) if any(c is not None for c in costs) else None
+    c = model_cfg
+    sections = [
+        front_matter(repo_name, datasets),
+        f"# {repo_name}\n",
+        f"A {fmt(params)}-parameter decoder-only chat model trained from scratch on English "
+        f"Wikipedia (dump {fmt(dump_date)}), then instruction-tuned (SFT) and preference-tuned "
+        "(DPO). Every figure on this card was taken from the run that produced these weights.\n",
+        "## Architecture\n",
+        _table(["field", "value"], [
+            ["type", "decoder-only, Llama-style (loads as `LlamaForCausalLM`)"],
+            ["parameters (tied head counted once)", params],
+            ["layers / heads / width", f"{c.n_layer} / {c.n_head} / {c.n_embd} (head dim {c.head_dim})"],
+            ["vocabulary", c.vocab_size], ["context", f"{fmt(c.block_size)} tokens"],
+            ["positions", f"RoPE, θ = {fmt(c.rope_theta)}, rotate-half layout"],
+            ["norm", f"RMSNorm (pre-norm, eps {c.norm_eps:g}) and a final RMSNorm"],
+            ["MLP", f"SwiGLU, hidden {fmt(c.mlp_hidden)}"],
+            ["biases / head", "none / tied to the token embedding"],
+        ]),
+        "\n## Data provenance\n",
+        _table(["step", "figure"], [
+            ["Wikipedia dump", f"{fmt(dump_date)} ({fmt(stat(L, 'wiki_dump', 'source'))})"],
+            ["dump size / sha1", f"{fmt(stat(L, 'wiki_dump', 'bytes'))} bytes / `{fmt(stat(L, 'wiki_dump', 'sha1'))}`"],
+            ["pages in dump", pages],
+            ["articles after extraction + cleaning", stat(L, "cleaned_articles", "rows")],
+            ["cleaning drops", filter_text],
+            ["exact duplicates removed (SHA-1 of normalized text)", stat(L, "deduped_corpus", "exact_removed")],
+            ["near duplicates removed (MinHash-LSH)", stat(L, "deduped_corpus", "fuzzy_removed")],
+            ["articles in the corpus", stat(L, "deduped_corpus", "rows")],
+            ["tokenizer", f"byte-level BPE, {fmt(c.vocab_size)} tokens incl. 4 reserved specials"],
+            ["training tokens", train_tokens],
+            ["validation tokens", stat(L, "token_shards", "val_tokens")],
+        ]),
+        "\nExtraction keeps namespace-0 articles and skips redirects; cleaning strips markup and "
+        "boilerplate and applies length, markup-ratio and English filters.\n",
+        "## SFT and DPO data\n",
+        _table(["dataset", "figure"], [
+            ["SFT examples (train)", stat(L, "sft_dataset", "train_rows", "train", "rows")],
+            ["SFT examples (held out)", stat(L, "sft_dataset", "heldout_rows", "heldout")],
+            ["SFT data published at", sft_data_url or "not published (local artifact `sft_dataset`)"],
+            ["preference pairs", stat(L, "preference_dataset", "pairs", "rows")],
+            ["of which false-premise contrasts", stat(L, "preference_dataset", "false_premise", "false_premise_pairs")],
+            ["preference data published at", preference_data_url or "not published (local artifact `preference_dataset`)"],
+        ]),
+        "\nSFT data: grounded QA, summarization and extraction over Wikipedia passages, generated "
+        "by a teacher model and quality-filtered. Preference pairs: the SFT model's samples ranked "
+        "by the teacher acting as judge, plus false-premise prompts where refusing is preferred.\n",
+        "## Training\n",
+        _table(["stage", "steps", "tokens", "wall hours", "GPU hours", "cost USD", "final loss",
+                "val loss", "hardware"], _training_rows(L)),
+        f"\nTotal: {fmt(total_gpu_h)} GPU hours, {fmt(total_cost)} USD.\n",
+        "## Evaluation\n",
+        _eval_section(report),
+        "\nThe 20-prompt gallery (all three checkpoints, temperature 0.7, top-p 0.9, kept verbatim, "
+        "failures included) is in `gallery.md`.\n",
+        "## Chat format\n",
+        "`<|user|>{content}<|end|><|assistant|>{content}<|end|>` per turn; no system prompt and no "
+        "newlines around the special tokens; a prompt for generation ends with `<|assistant|>`; "
+        "generation stops at `<|end|>`. The tokenizer carries this as its chat template:\n",
+        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"tok = AutoTokenizer.from_pretrained(\"{repo_name}\")\n"
+        f"model = AutoModelForCausalLM.from_pretrained(\"{repo_name}\")\n"
+        "ids = tok.apply_chat_template([{\"role\": \"user\", \"content\": \"Who was Ada Lovelace?\"}],\n"
+        "                              add_generation_prompt=True, return_tensors=\"pt\")\n"
+        "out = model.generate(ids, max_new_tokens=128)\n"
+        "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))\n```\n",
+        "Or serve it: `wikigpt serve --release <this folder>` (SSE `/chat`, OpenAI-compatible "
+        "`/v1/chat/completions`, and a web page at `/`).\n",
+        "## Limitations\n",
+        "- It hallucinates: names, dates and numbers are often wrong, stated fluently.\n"
+        "- English only.\n"
+        f"- Knowledge is frozen at the dump date ({fmt(dump_date)}).\n"
+        f"- {fmt(c.block_size)}-token context; longer conversations are cropped from the left.\n"
+        "- No safety tuning beyond false-premise refusals.\n",
+        "## License\n",
+        "CC BY-SA 4.0 (see `LICENSE`). The weights are trained on Wikipedia text, whose "
+        f"share-alike license carries into them: {LICENSE_URL}. Text from Wikipedia, "
+        "the free encyclopedia, by its contributors.\n",
+    ]
+    return "\n".join(sections)
+
+
+def render_gallery(report: dict[str, Any]) -> str:
+    """gallery.md: every gallery prompt with each checkpoint's answer, verbatim."""
+    items = report.get("gallery") or []
+    out = ["# Gallery", "",
+           "Fixed prompts answered by each checkpoint at temperature 0.7, top-p 0.9. Kept "
+           "verbatim, failures included.", ""]
+    if not items:
+        out.append("The eval report of this run holds no gallery.")
+    for item in items:
+        out += [f"## {item.get('id', '?')}. {item.get('type', '')}".rstrip(), "",
+                "**Prompt:** " + str(item.get("prompt", "")), ""]
+        for ck in ("base", "sft", "dpo"):
+            if ck in item:
+                text = str(item[ck])
+                fence = "`" * max(3, _longest_backtick_run(text) + 1)  # keeps text verbatim
+                out += [f"**{ck}:**", "", fence + "text", text, fence, ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _longest_backtick_run(text: str) -> int:
+    best = run = 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        best = max(best, run)
+    return best

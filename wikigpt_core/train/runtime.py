@@ -1,0 +1,93 @@
+"""Where and how a training run executes: device, DDP ranks, autocast, compile, optimizer.
+
+On CUDA: bf16 autocast (weights and optimizer state stay float32), torch.compile, SDPA picks
+the flash kernel for causal bf16 attention, fused AdamW, TF32 matmuls. On CPU: float32, no
+compile unless `compile = "on"`. Under torchrun (RANK/WORLD_SIZE set) the process group is
+initialised here: NCCL on CUDA, gloo on CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self):
+        """bf16 autocast on CUDA; a no-op (float32) elsewhere."""
+        if self.is_cuda:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def setup_runtime(device: str | None = None) -> Runtime:
+    """Runtime from the environment: torchrun's RANK/WORLD_SIZE/LOCAL_RANK if present, the
+    device from `device` or $WIKIGPT_DEVICE, else CUDA when available, else CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    name = device or os.environ.get("WIKIGPT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        dev = torch.device(name)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return Runtime(device=dev, rank=rank, world_size=world, local_rank=local)
+
+
+def should_compile(mode: str, runtime: Runtime) -> bool:
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"compile must be auto, on or off, got {mode!r}")
+    return mode == "on" or (mode == "auto" and runtime.is_cuda)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on every matrix (>= 2-D): attention, MLP and the tied embedding/head;
+    none on the 1-D RMSNorm gains.
+
+    Decision: the gains start at 1 and set per-channel scale, so pulling them toward 0 only
+    fights the normalisation. The tied embedding is decayed, as in GPT-2/nanoGPT whose recipe
+    the course's reference curve (val PPL 13.8) was trained with; because it is also the
+    output head, decay keeps the logit scale in check."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():  # shared tensors appear once
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg, runtime: Runtime) -> torch.optim.AdamW:
+    """AdamW (betas from cfg, default 0.9/0.95), fused kernel on CUDA."""
+    extra = {"fused": True} if runtime.is_cuda else {}
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                             betas=(cfg.beta1, cfg.beta2), **extra)

@@ -1,0 +1,1 @@
+"""wikigpt_pipeline: the Dagster glue over wikigpt_core (assets, resources, checks, schedules)."""

@@ -1,0 +1,142 @@
+"""`wikigpt`: run the pipeline, refresh what is stale, open the UI, serve and chat.
+
+    wikigpt run       [--profile tiny|124m|350m] [--dump sample|PATH|enwiki/YYYYMMDD]
+    wikigpt refresh   [--dry-run]
+    wikigpt status
+    wikigpt ui        [--port 3000]         (dagster dev on this repo, persistent DAGSTER_HOME)
+    wikigpt serve     [--release PATH] [--host 127.0.0.1] [--port 8000]
+    wikigpt chat      [--url http://127.0.0.1:8000]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # serve and chat own their flags; hand them the rest of the line untouched.
+    if argv and argv[0] in ("serve", "chat"):
+        from wikigpt_core.serve import cli as serve_cli
+
+        return (serve_cli.serve_main if argv[0] == "serve" else serve_cli.chat_main)(argv[1:]) or 0
+
+    parser = argparse.ArgumentParser(prog="wikigpt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in [("run", "materialize every asset, dump to release"),
+                        ("refresh", "materialize missing and stale assets until none is stale"),
+                        ("status", "each asset's stale status and artifact path"),
+                        ("ui", "start the Dagster UI (dagster dev) on this code location")]:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--profile", choices=["tiny", "124m", "350m"], help="sets WIKIGPT_PROFILE")
+        p.add_argument("--dump", help="sets WIKIGPT_DUMP: sample, a local .xml.bz2, or enwiki/YYYYMMDD")
+        if name == "refresh":
+            p.add_argument("--dry-run", action="store_true", help="print what would run and why")
+        if name == "ui":
+            p.add_argument("--port", type=int, default=3000)
+    sub.add_parser("serve", help="serve a release over HTTP (see `wikigpt serve --help`)")
+    sub.add_parser("chat", help="terminal chat client (see `wikigpt chat --help`)")
+    args = parser.parse_args(argv)
+
+    if args.profile:
+        os.environ["WIKIGPT_PROFILE"] = args.profile
+    if args.dump:
+        os.environ["WIKIGPT_DUMP"] = args.dump
+    return {"run": _run, "refresh": _refresh, "status": _status, "ui": _ui}[args.command](args)
+
+
+def _load():
+    from wikigpt_pipeline.instance import get_instance
+    from wikigpt_pipeline.definitions import defs
+
+    return get_instance(), defs
+
+
+def _run(args) -> int:
+    from wikigpt_core.config import load_settings, wikigpt_home
+    from wikigpt_pipeline.jobs import PIPELINE_JOB
+
+    instance, defs = _load()
+    settings = load_settings()
+    print(f"WikiGPT: profile={settings.profile} dump={settings.dump.source} "
+          f"WIKIGPT_HOME={wikigpt_home()} DAGSTER_HOME={os.environ['DAGSTER_HOME']}", flush=True)
+    t0 = time.time()
+    result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(instance=instance, raise_on_error=False)
+    _print_summary(result)
+    print(f"{'succeeded' if result.success else 'FAILED'} in {time.time() - t0:.0f}s; "
+          f"run {result.run_id} is in the UI (`wikigpt ui`).")
+    return 0 if result.success else 1
+
+
+_HEADLINE = ("rows", "pages", "train_tokens", "val_tokens", "vocab_size", "bytes_per_token",
+             "examples_train", "pairs", "train_loss", "val_loss", "val_ppl", "ppl_base", "ppl_sft",
+             "ppl_dpo", "reward_accuracy", "params")
+
+
+def _print_summary(result) -> None:
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        md = mat.metadata
+        figures = ", ".join(f"{k}={_fmt(md[k].value)}" for k in _HEADLINE if k in md)
+        print(f"  {mat.asset_key.to_user_string():<20} {figures}")
+        if "path" in md:
+            print(f"  {'':<20} {md['path'].value}")
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _refresh(args) -> int:
+    from wikigpt_pipeline import staleness
+
+    instance, defs = _load()
+    if args.dry_run:
+        statuses = staleness.stale_status(instance, defs)
+        todo = [s for s in statuses if s.key in staleness.to_run(statuses)]
+        for s in todo:
+            print(f"{s.key}\t{s.status}\t{'; '.join(s.causes)}")
+        if not todo:
+            print("nothing is stale")
+        else:
+            print("# Dagster marks staleness one layer at a time: their downstream is "
+                  "re-checked after each pass.", file=sys.stderr)
+        return 0
+
+    def on_pass(i, statuses):
+        print(f"pass {i}: {', '.join(s.key for s in statuses)}", flush=True)
+
+    passes = staleness.refresh(instance, defs, on_pass=on_pass)
+    print(f"fresh after {len(passes)} pass(es)" if passes else "nothing is stale")
+    return 0
+
+
+def _status(args) -> int:
+    from wikigpt_core.config import artifact_dir, load_settings
+    from wikigpt_pipeline import staleness
+
+    instance, defs = _load()
+    settings = load_settings()
+    for s in staleness.stale_status(instance, defs):
+        print(f"{s.key:<20} {s.status:<8} {artifact_dir(settings, s.key)}"
+              + (f"  ({'; '.join(s.causes)})" if s.causes else ""))
+    return 0
+
+
+def _ui(args) -> int:
+    from wikigpt_pipeline.instance import ensure_dagster_home
+
+    ensure_dagster_home()
+    repo = Path(__file__).resolve().parents[1]
+    cmd = ["dagster", "dev", "-w", str(repo / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(args.port)]
+    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}; {' '.join(cmd)}", flush=True)
+    return subprocess.call(cmd, cwd=repo)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""`stage_asset`: one decorator that turns a core stage call into a thin Dagster asset.
+
+Versioning (what makes "rerun only what is stale" exact):
+- code_version = "<stage code version>-<hash of the stage's config sections>", so editing a
+  config value marks exactly that asset (and, once it reruns with new bytes, its downstream)
+  stale;
+- DataVersion = content hash of the artifact, so a rerun that writes identical bytes marks
+  nothing downstream stale.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import dagster as dg
+
+from wikigpt_core.artifacts import StageResult, read_manifest
+from wikigpt_core.config import Settings, artifact_dir, work_dir
+from wikigpt_pipeline.metadata import materialize_result
+
+
+@dataclass
+class StageIO:
+    """Paths a stage reads and writes, resolved from settings."""
+
+    settings: Settings
+    name: str
+    deps: tuple[str, ...]
+
+    @property
+    def out(self) -> Path:
+        return artifact_dir(self.settings, self.name)
+
+    @property
+    def work(self) -> Path:
+        return work_dir(self.settings, self.name)
+
+    def input(self, dep: str) -> Path:
+        """The finished artifact of an upstream asset (raises a clear error if missing)."""
+        if dep not in self.deps:
+            raise KeyError(f"{self.name} does not depend on {dep}")
+        path = artifact_dir(self.settings, dep)
+        read_manifest(path)  # raises FileNotFoundError naming the asset to materialize
+        return path
+
+    def manifest(self, dep: str) -> dict[str, Any]:
+        return read_manifest(artifact_dir(self.settings, dep))
+
+    def metrics_logger(self, context: dg.AssetExecutionContext) -> Callable[[dict, int], None]:
+        def log(metrics: dict, step: int) -> None:
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in metrics.items())
+            context.log.info(f"step {step}: {shown}")
+        return log
+
+
+def code_version(settings: Settings, version: str, sections: tuple[str, ...], extra: str = "") -> str:
+    digest = settings.sections_hash(list(sections))
+    return f"{version}-{digest}" + (f"-{extra}" if extra else "")
+
+
+def stage_asset(
+    settings: Settings,
+    *,
+    name: str,
+    deps: tuple[str, ...],
+    sections: tuple[str, ...],
+    version: str,
+    group: str,
+    kinds: set[str] | None = None,
+    pool: str | None = None,
+    retry_policy: dg.RetryPolicy | None = None,
+    fingerprint: str = "",
+    automation_condition: dg.AutomationCondition | None = None,
+) -> Callable[[Callable[[dg.AssetExecutionContext, StageIO], StageResult]], dg.AssetsDefinition]:
+    """Decorate `compute(context, io) -> StageResult`; the docstring becomes the description."""
+
+    def decorator(compute: Callable[[dg.AssetExecutionContext, StageIO], StageResult]) -> dg.AssetsDefinition:
+        @dg.asset(
+            name=name,
+            deps=list(deps),
+            code_version=code_version(settings, version, sections, fingerprint),
+            group_name=group,
+            description=compute.__doc__,
+            kinds=kinds,
+            pool=pool,
+            retry_policy=retry_policy,
+            automation_condition=automation_condition,
+        )
+        def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+            io = StageIO(settings, name, deps)
+            try:
+                result = compute(context, io)
+            except Exception:
+                context.log.exception(f"{name} failed; the previous artifact at {io.out} is untouched")
+                raise
+            context.log.info(f"{name}: wrote {result.path} (content {result.content_hash[:12]})")
+            return materialize_result(result)
+
+        return _asset
+
+    return decorator

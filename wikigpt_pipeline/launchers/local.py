@@ -1,0 +1,65 @@
+"""Run a stage CLI as a subprocess on this machine (CPU or a local GPU) through Dagster Pipes."""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import dagster as dg
+from dagster._core.errors import DagsterPipesExecutionError  # not re-exported at top level
+
+from wikigpt_pipeline.launchers.results import StageLaunchError, build_result, error_message
+
+
+def stage_module(stage: str) -> str:
+    """`pretrain` → `wikigpt_core.pretrain`; a dotted name is taken as a full module path."""
+    return stage if "." in stage else f"wikigpt_core.{stage}"
+
+
+class _RememberingReader(dg.PipesTempFileMessageReader):
+    """The default temp-file reader, keeping its handler so that a failed run's messages (the
+    stage's traceback) can still be read after `PipesSubprocessClient.run` raised."""
+
+    handler: dg.PipesMessageHandler | None = None
+
+    @contextmanager
+    def read_messages(self, handler: dg.PipesMessageHandler) -> Iterator[dict]:
+        self.handler = handler
+        with super().read_messages(handler) as params:
+            yield params
+
+
+def run_local(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    stage: str,
+    cli_args: Sequence[str],
+    outputs: Sequence[Path],
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> dg.MaterializeResult:
+    """`python -m wikigpt_core.<stage> *cli_args` under Pipes; the result carries the stage's
+    reported metadata and data_version plus `backend` and `wall_seconds`."""
+    reader = _RememberingReader()
+    client = dg.PipesSubprocessClient(env=dict(env or {}), cwd=cwd, message_reader=reader)
+    command = [sys.executable, "-m", stage_module(stage), *map(str, cli_args)]
+    context.log.info(f"[local] {' '.join(command)}")
+    t0 = time.monotonic()
+    try:
+        invocation = client.run(context=context, command=command)
+    except DagsterPipesExecutionError as exc:
+        messages = reader.handler.get_custom_messages() if reader.handler else ()
+        remote_error = error_message(messages)
+        detail = f"\n--- stage traceback ---\n{remote_error}" if remote_error else ""
+        raise StageLaunchError(f"stage {stage!r} failed locally: {exc}{detail}") from exc
+    seconds = time.monotonic() - t0
+    missing = [str(p) for p in outputs if not Path(p).exists()]
+    if missing:
+        raise StageLaunchError(f"stage {stage!r} finished but did not write {missing}")
+    return build_result(
+        stage,
+        invocation.get_results(implicit_materializations=False),
+        invocation.get_custom_messages(),
+        {"backend": "local", "wall_seconds": round(seconds, 2)},
+    )

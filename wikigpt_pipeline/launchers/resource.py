@@ -1,0 +1,79 @@
+"""`ComputeLauncher`: the Dagster resource that decides where a GPU stage's CLI runs.
+
+`backend="local"` (the default, used by tests and the tiny demo) runs the CLI as a subprocess
+here. `backend="skypilot"` rents a GPU through SkyPilot (vast.ai by default, from
+`sky/<stage>.yaml`) and runs the same CLI there. Either way the stage talks Dagster Pipes, so
+logs, metrics, metadata and the DataVersion reach Dagster the same way.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import dagster as dg
+from pydantic import Field
+
+from wikigpt_pipeline.launchers.local import run_local
+
+BACKENDS = ("local", "skypilot")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ComputeLauncher(dg.ConfigurableResource):
+    """Where GPU stages run. Secrets (HF_TOKEN, WANDB_API_KEY) come from the environment only."""
+
+    backend: str = Field(default="local", description="`local` or `skypilot`.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment for the stage process (local) or the task (skypilot).")
+    # --- skypilot only ---
+    sky_dir: Optional[str] = Field(
+        default=None, description="Folder with the task YAMLs; default: <repo>/sky.")
+    workdir: Optional[str] = Field(
+        default=None, description="Repository uploaded as the task workdir; default: this repo.")
+    infra: Optional[str] = Field(
+        default=None, description="Override the YAML's infra (e.g. `vast`, `runpod`).")
+    accelerators: Optional[str] = Field(
+        default=None, description="Override the YAML's accelerators (e.g. `RTX4090:1`).")
+    use_spot: bool = Field(
+        default=False,
+        description="Interruptible instances through SkyPilot managed jobs (needs hub_repo: "
+                    "outputs and resume checkpoints travel through the HF Hub).")
+    hub_repo: Optional[str] = Field(
+        default=None,
+        description="HF Hub repo (`user/name`) for outputs and resumable checkpoints; when "
+                    "unset, outputs come back by rsync over the cluster's SSH alias.")
+    keep_cluster: bool = Field(
+        default=False, description="Skip `sky.down` after the stage (debugging only: it bills).")
+    hourly_price_usd: Optional[float] = Field(
+        default=None,
+        description="Price used for the cost metadata when SkyPilot cannot say (e.g. 0.40).")
+
+    def run_stage(
+        self,
+        context: dg.AssetExecutionContext | dg.OpExecutionContext,
+        stage: str,
+        cli_args: Sequence[str],
+        outputs: Sequence[Path],
+    ) -> dg.MaterializeResult:
+        """Run `python -m wikigpt_core.<stage> *cli_args` on the configured backend.
+
+        `outputs` are the artifact directories the stage writes (absolute local paths that also
+        appear in `cli_args`); the skypilot backend writes them remotely and copies them back
+        to exactly these paths. Returns the stage's Pipes-reported metadata (flattened stats,
+        last metric values, backend figures) and its data_version (the content hash).
+        Raises StageLaunchError with the reason (and the log tail when remote) on failure.
+        """
+        if self.backend == "local":
+            return run_local(context, stage, cli_args, outputs, env=self.env)
+        if self.backend == "skypilot":
+            from wikigpt_pipeline.launchers.skypilot import SkyPilotLauncher  # optional extra
+
+            return SkyPilotLauncher.from_resource(self).run_stage(context, stage, cli_args, outputs)
+        raise ValueError(f"ComputeLauncher.backend={self.backend!r}; choose one of {BACKENDS}")
+
+    def sky_dir_path(self) -> Path:
+        return Path(self.sky_dir) if self.sky_dir else REPO_ROOT / "sky"
+
+    def workdir_path(self) -> Path:
+        return Path(self.workdir) if self.workdir else REPO_ROOT
