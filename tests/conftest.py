@@ -41,12 +41,18 @@ def materialized(tmp_path_factory) -> Materialized:
     from wikigpt_pipeline.jobs import PIPELINE_JOB
     from wikigpt_pipeline.project import build_definitions
 
+    from wikigpt_pipeline.instance import get_instance
+
     home = tmp_path_factory.mktemp("wikigpt_home")
     with pytest.MonkeyPatch.context() as mp:
+        # A throwaway but on-disk instance, laid out like a user's DAGSTER_HOME, so the
+        # `wikigpt` CLI run as a subprocess sees the same history and staleness.
         mp.setenv("WIKIGPT_HOME", str(home))
-        with dg.instance_for_test() as instance:
-            settings = load_settings("tiny")
-            defs = build_definitions(settings)
-            result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(instance=instance)
-            assert result.success
-            yield Materialized(home, instance, defs, settings, result)
+        mp.setenv("DAGSTER_HOME", str(home / "dagster"))
+        instance = get_instance()
+        settings = load_settings("tiny")
+        defs = build_definitions(settings)
+        result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(instance=instance)
+        assert result.success
+        yield Materialized(home, instance, defs, settings, result)
+        instance.dispose()

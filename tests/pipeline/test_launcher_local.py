@@ -95,6 +95,62 @@ def test_failure_carries_the_child_traceback(tmp_path, fixture_stage):
     assert not out.exists()  # the atomic writer left nothing behind
 
 
+# Tiny profile, shrunk further so the real training takes seconds on a shared CPU.
+TINY_TRAIN_TOML = """
+[pretrain]
+max_steps = 3
+batch_size = 2
+seq_len = 64
+warmup_steps = 1
+eval_iters = 1
+log_interval = 1
+compile = "off"
+"""
+
+
+def _random_shards(directory: Path, vocab: int = 4_096) -> Path:
+    """A token_shards-shaped dir of random uint16 ids (what the trainer memory-maps)."""
+    import json
+
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rng.integers(0, vocab, 8_000, dtype=np.uint16).tofile(directory / "train.bin")
+    rng.integers(0, vocab, 2_000, dtype=np.uint16).tofile(directory / "val.bin")
+    (directory / "meta.json").write_text(json.dumps(
+        {"vocab_size": vocab, "dtype": "uint16", "train_tokens": 8_000, "val_tokens": 2_000}))
+    return directory
+
+
+def test_real_tiny_pretrain_through_pipes(tmp_path, monkeypatch):
+    """The real `python -m wikigpt_core.pretrain` CLI, launched as the base_checkpoint asset."""
+    shards = _random_shards(tmp_path / "token_shards")
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(TINY_TRAIN_TOML)
+    out, work = tmp_path / "base_checkpoint", tmp_path / "_work"
+    monkeypatch.setenv("WIKIGPT_CONFIG", str(toml))
+    args = ["--shards", str(shards), "--out", str(out), "--work", str(work),
+            "--profile", "tiny", "--device", "cpu"]
+
+    @dg.asset(name="base_checkpoint")
+    def base_checkpoint(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+        return launcher.run_stage(context, "pretrain", args, [out])
+
+    instance = dg.DagsterInstance.ephemeral()
+    launcher = ComputeLauncher(env={"WANDB_MODE": "disabled"})
+    res = dg.materialize([base_checkpoint], resources={"launcher": launcher}, instance=instance)
+    assert res.success
+    mat = res.asset_materializations_for_node("base_checkpoint")[0]
+    md = {k: v.value for k, v in mat.metadata.items()}
+    manifest = read_manifest(out)
+    # Every figure below crossed the process boundary only as a Pipes message.
+    assert md["steps"] == 3 == manifest["stats"]["steps"]
+    assert md["params"] == manifest["stats"]["params"] > 0
+    assert abs(md["val_loss"] - manifest["stats"]["val_loss"]) < 1e-9
+    assert md["backend"] == "local"
+    assert mat.tags["dagster/data_version"] == manifest["content_hash"] == content_hash(out)
+    assert (out / "model.safetensors").exists()
+
+
 def test_unknown_backend_is_a_clear_error(tmp_path):
     launcher = ComputeLauncher(backend="lambda")
     with pytest.raises(ValueError, match="backend='lambda'"):

@@ -1,0 +1,87 @@
+"""Stale-only reruns, end to end, against the session's materialized graph (issue: Dagster-native
+operations). One story in order, because each step builds on the instance state of the last.
+
+Named test_zz_* so it runs after the read-only end-to-end tests: it changes config and data.
+"""
+from __future__ import annotations
+
+import bz2
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+from wikigpt_core.config import apply_overrides
+from wikigpt_pipeline import staleness
+from wikigpt_pipeline.project import build_definitions
+
+pytestmark = pytest.mark.slow
+
+
+def _wikigpt(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wikigpt_pipeline.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def _passes(stdout: str) -> list[list[str]]:
+    return [[k.strip() for k in line.split(":", 1)[1].split(",")]
+            for line in stdout.splitlines() if line.startswith("pass ")]
+
+
+def _not_fresh(instance, defs) -> list[str]:
+    return [s.key for s in staleness.stale_status(instance, defs) if s.status != "FRESH"]
+
+
+def _redirect_edited(dump_bytes: bytes) -> bytes:
+    """The same dump with one redirect page's wikitext changed (the cleaning drops redirects)."""
+    xml = bz2.decompress(dump_bytes).decode()
+    page_end = xml.index("</page>", xml.index("<redirect title="))
+    text_end = xml.rindex("</text>", 0, page_end)
+    return bz2.compress((xml[:text_end] + " [[Category:Edited redirect]]" + xml[text_end:]).encode())
+
+
+def test_stale_only_rerun_story(materialized, tmp_path):
+    instance, settings = materialized.instance, materialized.settings
+    # 1. Everything materialized: nothing is stale.
+    assert _not_fresh(instance, materialized.defs) == []
+
+    # 2. Change a cleaning threshold.
+    new_min = settings.clean.min_chars * 3
+    override = tmp_path / "override.toml"
+    override.write_text(f"[clean]\nmin_chars = {new_min}\n")
+    changed_settings = apply_overrides(settings, {"clean": {"min_chars": new_min}})
+    changed = build_definitions(changed_settings)
+    env = os.environ | {"WIKIGPT_CONFIG": str(override)}
+
+    # 3. Dagster's own stale status marks cleaned_articles, for its code version, and nothing
+    #    outside its downstream (Dagster marks the next layer once this one re-ran).
+    statuses = {s.key: s for s in staleness.stale_status(instance, changed)}
+    assert [k for k, s in statuses.items() if s.status != "FRESH"] == ["cleaned_articles"]
+    assert statuses["cleaned_articles"].causes[0].startswith("code")
+    dry = _wikigpt("refresh", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[0].startswith("cleaned_articles\tSTALE\tcode")
+
+    # 4. `wikigpt refresh` reruns cleaned_articles and only its downstream, to a fixpoint.
+    run = _wikigpt("refresh", env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    passes = _passes(run.stdout)
+    assert passes[0] == ["cleaned_articles"]
+    rerun = {k for p in passes for k in p}
+    downstream = {k.to_user_string() for k in
+                  changed.resolve_asset_graph().get_descendants(dg.AssetKey("cleaned_articles"))}
+    assert rerun <= downstream and "wiki_dump" not in rerun
+    assert len(passes) > 1  # fewer rows → new data → the next layer went stale and re-ran
+    assert _not_fresh(instance, changed) == []
+
+    # 5. A dump edit the cleaning filters away (a redirect page): wiki_dump and
+    #    cleaned_articles rerun, cleaned_articles writes identical bytes, the rest stays fresh.
+    sample = next(materialized.artifact("wiki_dump").glob("*.xml.bz2"))
+    dump = tmp_path / "enwiki-edited-pages-articles.xml.bz2"
+    dump.write_bytes(_redirect_edited(sample.read_bytes()))
+    env["WIKIGPT_DUMP"] = str(dump)
+    run = _wikigpt("refresh", env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert _passes(run.stdout) == [["wiki_dump"], ["cleaned_articles"]]
