@@ -1,0 +1,82 @@
+"""Schedules, sensors and automation conditions, evaluated against real instances."""
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+
+from wikigpt_core.config import load_settings
+from wikigpt_pipeline.automation import data_eager
+from wikigpt_pipeline.jobs import DEFAULT_EVAL_CRON, eval_refresh_schedule
+from wikigpt_pipeline.project import build_definitions
+from wikigpt_pipeline.sensors import failure_summary, report_run_failure
+
+
+def test_eval_schedule_tick_targets_eval_report():
+    defs = build_definitions(load_settings("tiny"))
+    schedule = defs.resolve_schedule_def("eval_refresh_schedule")
+    assert schedule.cron_schedule == DEFAULT_EVAL_CRON  # weekly by default
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_schedule_context(instance=instance,
+                                        scheduled_execution_time=dt.datetime(2026, 11, 23, 6, tzinfo=dt.timezone.utc))
+        data = schedule.evaluate_tick(ctx)
+    assert len(data.run_requests) == 1
+    job = defs.resolve_job_def(schedule.job_name)
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {"eval_report"}
+
+
+def test_eval_schedule_cron_is_configurable(monkeypatch):
+    monkeypatch.setenv("WIKIGPT_EVAL_CRON", "0 3 * * *")
+    assert eval_refresh_schedule().cron_schedule == "0 3 * * *"
+
+
+def test_failure_sensor_names_step_and_logs():
+    @dg.asset
+    def broken():
+        raise RuntimeError("no dump at /nowhere")
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([broken], instance=instance, raise_on_error=False)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+        ctx = dg.build_run_status_sensor_context(sensor_name="report_run_failure",
+                                                 dagster_instance=instance,
+                                                 dagster_run=result.dagster_run,
+                                                 dagster_event=failure).for_run_failure()
+        report_run_failure(ctx)  # runs without error on a real failed run
+        steps = [e.step_key for e in ctx.get_step_failure_events()]
+    assert steps == ["broken"]
+    text = failure_summary(result.run_id, result.dagster_run.job_name, steps, "boom")
+    assert result.run_id in text and "broken" in text and "Runs" in text
+
+
+def test_data_assets_carry_the_data_version_aware_condition():
+    graph = build_definitions(load_settings("tiny")).resolve_asset_graph()
+    expected = str(data_eager())
+    for key in ("cleaned_articles", "deduped_corpus", "tokenizer", "token_shards"):
+        assert str(graph.get(dg.AssetKey(key)).automation_condition) == expected
+    assert "newly_updated" not in expected.lower() or "data_version" in expected.lower()
+
+
+@pytest.mark.parametrize("condition, requested", [
+    (dg.AutomationCondition.eager(), 1),  # counts any parent materialization as an update
+    (data_eager(), 0),                     # ours: only a new parent DataVersion counts
+])
+def test_identical_parent_rerun_triggers_only_plain_eager(condition, requested):
+    @dg.asset(name="parent", code_version="1")
+    def parent():
+        return dg.MaterializeResult(data_version=dg.DataVersion("same-bytes"))
+
+    @dg.asset(name="child", deps=[parent], code_version="1", automation_condition=condition)
+    def child():
+        return dg.MaterializeResult(data_version=dg.DataVersion("child"))
+
+    defs = dg.Definitions(assets=[parent, child])
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([parent, child], instance=instance).success
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert first.total_requested == 0
+        assert dg.materialize([parent, child], instance=instance, selection=["parent"]).success
+        second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert second.total_requested == requested
