@@ -88,7 +88,7 @@ def stage_asset(
             retry_policy=retry_policy,
             automation_condition=automation_condition,
         )
-        def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        def _asset(context) -> dg.MaterializeResult:  # context: AssetExecutionContext
             io = StageIO(settings, name, deps)
             try:
                 result = compute(context, io)
