@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import dagster as dg
 
-from wikigpt_core.artifacts import StageResult, read_manifest
+from wikigpt_core.artifacts import StageResult, content_hash, read_manifest
 from wikigpt_core.config import Settings, artifact_dir, work_dir
 from wikigpt_pipeline.metadata import materialize_result
 
@@ -47,6 +47,22 @@ class StageIO:
     def manifest(self, dep: str) -> dict[str, Any]:
         return read_manifest(artifact_dir(self.settings, dep))
 
+    def launch(self, context: dg.AssetExecutionContext, stage: str, inputs: dict[str, Path],
+               extra: tuple[str, ...] = ()) -> dg.MaterializeResult:
+        """Run `python -m wikigpt_core.<stage>` through the `launcher` resource (a local
+        subprocess or a rented GPU), over Dagster Pipes. `inputs` maps CLI flags to upstream
+        artifact dirs. The artifact that comes back must hash to the DataVersion the stage
+        reported, so a partial copy can never be recorded as the materialization."""
+        args = [a for flag, path in inputs.items() for a in (flag, str(path))]
+        args += ["--out", str(self.out), "--work", str(self.work), "--profile", self.settings.profile, *extra]
+        result = context.resources.launcher.run_stage(context, stage, args, [self.out])
+        reported = result.data_version.value if result.data_version else None
+        local = content_hash(self.out)
+        if reported != local:
+            raise RuntimeError(f"{self.name}: artifact at {self.out} hashes to {local[:12]}, but the "
+                               f"stage reported {str(reported)[:12]}; rerun the asset")
+        return result
+
     def metrics_logger(self, context: dg.AssetExecutionContext) -> Callable[[dict, int], None]:
         def log(metrics: dict, step: int) -> None:
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -73,8 +89,10 @@ def stage_asset(
     retry_policy: dg.RetryPolicy | None = None,
     fingerprint: str = "",
     automation_condition: dg.AutomationCondition | None = None,
+    resources: set[str] | None = None,
 ) -> Callable[[Callable[[dg.AssetExecutionContext, StageIO], StageResult]], dg.AssetsDefinition]:
-    """Decorate `compute(context, io) -> StageResult`; the docstring becomes the description."""
+    """Decorate `compute(context, io) -> StageResult` (in-process stage) or a launched stage's
+    `MaterializeResult` (see StageIO.launch); the docstring becomes the description."""
 
     def decorator(compute: Callable[[dg.AssetExecutionContext, StageIO], StageResult]) -> dg.AssetsDefinition:
         @dg.asset(
@@ -87,6 +105,7 @@ def stage_asset(
             pool=pool,
             retry_policy=retry_policy,
             automation_condition=automation_condition,
+            required_resource_keys=resources,
         )
         def _asset(context) -> dg.MaterializeResult:  # context: AssetExecutionContext
             io = StageIO(settings, name, deps)
@@ -95,6 +114,9 @@ def stage_asset(
             except Exception:
                 context.log.exception(f"{name} failed; the previous artifact at {io.out} is untouched")
                 raise
+            if isinstance(result, dg.MaterializeResult):  # launched: metadata came over Pipes
+                metadata = {"path": dg.MetadataValue.path(str(io.out)), **(result.metadata or {})}
+                return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)
             context.log.info(f"{name}: wrote {result.path} (content {result.content_hash[:12]})")
             return materialize_result(result)
 

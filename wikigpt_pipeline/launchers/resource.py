@@ -7,8 +7,10 @@ logs, metrics, metadata and the DataVersion reach Dagster the same way.
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import dagster as dg
 from pydantic import Field
@@ -45,6 +47,10 @@ class ComputeLauncher(dg.ConfigurableResource):
                     "unset, outputs come back by rsync over the cluster's SSH alias.")
     keep_cluster: bool = Field(
         default=False, description="Skip `sky.down` after the stage (debugging only: it bills).")
+    rsync_ssh: str = Field(
+        default="ssh",
+        description="Remote shell rsync uses to copy outputs back (`rsync -e`); plain `ssh` "
+                    "works because SkyPilot writes each cluster's name as an alias into ~/.ssh/config.")
     hourly_price_usd: Optional[float] = Field(
         default=None,
         description="Price used for the cost metadata when SkyPilot cannot say (e.g. 0.40).")
@@ -71,6 +77,21 @@ class ComputeLauncher(dg.ConfigurableResource):
 
             return SkyPilotLauncher.from_resource(self).run_stage(context, stage, cli_args, outputs)
         raise ValueError(f"ComputeLauncher.backend={self.backend!r}; choose one of {BACKENDS}")
+
+    @contextmanager
+    def teacher_endpoint(self, context) -> Iterator[Optional[str]]:
+        """For the duration of the block, an OpenAI-compatible teacher (Qwen2.5-7B-Instruct on
+        vLLM, sky/teacher.yaml) served on a rented GPU; yields its base URL (`.../v1`) and
+        always tears it down. The API key comes from WIKIGPT_TEACHER_API_KEY (or VLLM_API_KEY).
+        With the local backend it yields None: use `[teacher] base_url` as configured."""
+        if self.backend != "skypilot":
+            yield None
+            return
+        from wikigpt_pipeline.launchers.skypilot import SkyPilotLauncher  # optional extra
+
+        key = os.environ.get("WIKIGPT_TEACHER_API_KEY") or os.environ.get("VLLM_API_KEY", "")
+        with SkyPilotLauncher.from_resource(self).teacher_endpoint(context, key) as url:
+            yield url
 
     def sky_dir_path(self) -> Path:
         return Path(self.sky_dir) if self.sky_dir else REPO_ROOT / "sky"

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import dagster as dg
 
 from wikigpt_core.pipes_bridge import ERROR_MESSAGE, METRICS_MESSAGE, RESULT_MESSAGE
+from wikigpt_pipeline.metadata import to_metadata
 
 
 class StageLaunchError(Exception):
@@ -56,18 +57,20 @@ def build_result(
     then the launcher's own figures. Raises StageLaunchError if the stage reported nothing."""
     materializations = [r for r in reported if isinstance(r, dg.MaterializeResult)]
     result_msg = stage_result_message(custom_messages)
-    if materializations and materializations[-1].data_version is not None:
-        metadata: dict[str, Any] = dict(materializations[-1].metadata or {})
-        data_version = materializations[-1].data_version
-    elif result_msg is not None:
-        metadata = dict(result_msg.get("stats") or {})
-        metadata["content_hash"] = result_msg["content_hash"]
+    if result_msg is not None:
+        # The raw stats (rather than Pipes' inferred metadata), rendered the same way an
+        # in-process asset renders them: numbers plot, row lists become tables.
+        metadata: dict[str, Any] = to_metadata(dict(result_msg.get("stats") or {}))
         data_version = dg.DataVersion(result_msg["content_hash"])
+    elif materializations and materializations[-1].data_version is not None:
+        metadata = dict(materializations[-1].metadata or {})
+        data_version = materializations[-1].data_version
     else:
         raise StageLaunchError(
             f"stage {stage!r} exited cleanly but reported no result over Dagster Pipes; its CLI "
             "main() must wrap the run in wikigpt_core.pipes_bridge.stage_reporter and call "
             "rep.report(result)")
+    metadata.setdefault("content_hash", data_version.value)
     step, metrics = last_metrics(custom_messages)
     for key, value in metrics.items():
         metadata.setdefault(f"last/{key}", value)

@@ -1,0 +1,211 @@
+"""The plan for running one stage on a rented GPU: a SkyPilot task config, built without SkyPilot.
+
+`plan_task` reads `sky/<stage>.yaml` and returns the task config the launcher hands to
+`sky.Task.from_yaml_config`, plus where each output will appear remotely:
+
+- the workdir is this repository (installed there by the YAML's `setup`);
+- every absolute path in the CLI args is rewritten: outputs to `~/wikigpt_io/out/<name>`,
+  existing inputs to `~/wikigpt_io/in/<name>` (uploaded through file_mounts), anything else
+  (scratch such as `--work`) to `~/wikigpt_io/work/<name>`;
+- the rewritten args travel in `WIKIGPT_STAGE_ARGS`, which the YAML's `run` evaluates, so `~`
+  expands on the remote machine;
+- Dagster Pipes' bootstrap variables, WIKIGPT_PROFILE and extra envs are added to `envs`;
+- secrets (HF_TOKEN, WANDB_API_KEY) are filled from this process's environment, never logged.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+REMOTE_ROOT = "~/wikigpt_io"
+CONFIG_MOUNT = f"{REMOTE_ROOT}/in/wikigpt_config.toml"
+"""Where a local WIKIGPT_CONFIG file is uploaded; the YAML's `run` exports it if present."""
+YAML_FOR_STAGE = {"evaluate": "eval"}
+"""Stage module name → YAML file stem where they differ."""
+GPU_STAGES = ("pretrain", "sft", "dpo", "evaluate", "teacher")
+
+
+class PlanError(ValueError):
+    """The stage cannot be planned for remote execution; the message says what to fix."""
+
+
+@dataclass
+class RemotePlan:
+    config: dict[str, Any]
+    """Task config for `sky.Task.from_yaml_config`."""
+    outputs: list[tuple[Path, str]] = field(default_factory=list)
+    """(local artifact dir, remote dir relative to the remote home)."""
+    remote_args: str = ""
+    """The stage's CLI args as evaluated remotely (no secrets in here)."""
+
+    @property
+    def accelerator_count(self) -> int:
+        acc = self.config.get("resources", {}).get("accelerators")
+        if isinstance(acc, str) and ":" in acc:
+            return int(float(acc.split(":")[1]))
+        if isinstance(acc, dict) and acc:
+            return int(next(iter(acc.values())))
+        return 1 if acc else 0
+
+
+def cluster_name(stage: str, run_key: str) -> str:
+    """Deterministic per (run, stage): a retry of the same run finds the same cluster.
+    `wikigpt-<stage>-<first 8 of the run id>`, lowercased to what clouds accept."""
+    stage_part = re.sub(r"[^a-z0-9-]", "-", stage.lower()).strip("-")
+    run_part = re.sub(r"[^a-z0-9]", "", run_key.lower())[:8]
+    return f"wikigpt-{stage_part}-{run_part}"
+
+
+def yaml_path(sky_dir: Path, stage: str) -> Path:
+    path = Path(sky_dir) / f"{YAML_FOR_STAGE.get(stage, stage)}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in Path(sky_dir).glob("*.yaml"))
+        raise PlanError(f"no SkyPilot task for stage {stage!r}: {path} does not exist "
+                        f"(known: {known}); stages without a GPU run locally")
+    return path
+
+
+def load_task_yaml(path: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise PlanError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(config, dict) or "run" not in config:
+        raise PlanError(f"{path} must be a SkyPilot task with a `run` section")
+    return config
+
+
+def _safe_name(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", path.name) or "root"
+
+
+class _PathMapper:
+    """Rewrites local absolute paths to remote ones, remembering uploads and outputs."""
+
+    def __init__(self, outputs: Sequence[Path]) -> None:
+        self.outputs = {Path(p).resolve(): Path(p) for p in outputs}
+        self.file_mounts: dict[str, str] = {}
+        self.remote_outputs: list[tuple[Path, str]] = []
+        self._assigned: dict[Path, str] = {}
+        self._taken: set[str] = set()
+
+    def _unique(self, kind: str, path: Path) -> str:
+        name = _safe_name(path)
+        rel = f"{kind}/{name}"
+        if rel in self._taken:  # two inputs with the same basename
+            digest = hashlib.sha1(str(path).encode()).hexdigest()[:6]
+            rel = f"{kind}/{name}-{digest}"
+        self._taken.add(rel)
+        return rel
+
+    def remote(self, value: str) -> str:
+        local = Path(value).resolve()
+        if local in self._assigned:
+            return self._assigned[local]
+        if local in self.outputs:
+            rel = self._unique("out", local)
+            self.remote_outputs.append((self.outputs[local], f"wikigpt_io/{rel}"))
+        elif local.exists():
+            rel = self._unique("in", local)
+            self.file_mounts[f"{REMOTE_ROOT}/{rel}"] = str(local)
+        else:
+            rel = self._unique("work", local)
+        remote = f"{REMOTE_ROOT}/{rel}"
+        self._assigned[local] = remote
+        return remote
+
+
+def remote_args(cli_args: Sequence[str], mapper: _PathMapper) -> str:
+    """Quote args for `eval` on the remote shell; remote paths stay unquoted so `~` expands
+    (they contain only [A-Za-z0-9._/~-], by construction)."""
+    parts: list[str] = []
+    for arg in map(str, cli_args):
+        flag, eq, value = arg.partition("=")
+        if eq and flag.startswith("--") and os.path.isabs(value):
+            parts.append(f"{shlex.quote(flag)}={mapper.remote(value)}")
+        elif os.path.isabs(arg):
+            parts.append(mapper.remote(arg))
+        else:
+            parts.append(shlex.quote(arg))
+    return " ".join(parts)
+
+
+def plan_task(
+    *,
+    sky_dir: Path,
+    stage: str,
+    cli_args: Sequence[str],
+    outputs: Sequence[Path],
+    workdir: Path,
+    envs: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    infra: str | None = None,
+    accelerators: str | None = None,
+    use_spot: bool = False,
+    hub_repo: str | None = None,
+) -> RemotePlan:
+    """Build the task config (see module docstring). `environ` defaults to os.environ and is
+    where WIKIGPT_PROFILE, WIKIGPT_CONFIG and the secrets are read from."""
+    environ = os.environ if environ is None else environ
+    config = load_task_yaml(yaml_path(sky_dir, stage))
+    mapper = _PathMapper(outputs)
+    args = remote_args(cli_args, mapper)
+    missing = [str(p) for p in outputs if Path(p).resolve() not in mapper._assigned]
+    if missing:
+        raise PlanError(f"outputs {missing} do not appear in the CLI args of stage {stage!r}; "
+                        "the remote run could not write them")
+
+    if "workdir" in config:  # the teacher serves a hub model and needs no copy of the repo
+        config["workdir"] = str(Path(workdir).resolve())
+    mounts = dict(config.get("file_mounts") or {})
+    mounts.update(mapper.file_mounts)
+    local_config = environ.get("WIKIGPT_CONFIG")
+    if local_config:
+        if not Path(local_config).is_file():
+            raise PlanError(f"WIKIGPT_CONFIG points at {local_config}, which does not exist")
+        mounts[CONFIG_MOUNT] = str(Path(local_config).resolve())
+    if mounts:
+        config["file_mounts"] = mounts
+
+    task_envs = {str(k): "" if v is None else str(v) for k, v in (config.get("envs") or {}).items()}
+    task_envs["WIKIGPT_PROFILE"] = environ.get("WIKIGPT_PROFILE", "tiny")
+    task_envs["WIKIGPT_STAGE_ARGS"] = args
+    if hub_repo:
+        task_envs["WIKIGPT_HUB_REPO"] = hub_repo
+    task_envs.update({str(k): str(v) for k, v in (envs or {}).items()})
+    config["envs"] = task_envs
+
+    secrets = config.get("secrets") or {}
+    if isinstance(secrets, list):  # `secrets: [HF_TOKEN]` form
+        secrets = {str(s).removeprefix("secrets:"): None for s in secrets}
+    # A null secret is filled from our environment; absent ones become empty strings (the
+    # stage then runs without W&B sync / Hub access) rather than failing the launch.
+    config["secrets"] = {k: (v if v is not None else environ.get(k, "")) for k, v in secrets.items()}
+
+    resources = dict(config.get("resources") or {})
+    if infra:
+        resources["infra"] = infra
+    if accelerators:
+        resources["accelerators"] = accelerators
+    if use_spot:
+        resources["use_spot"] = True
+    config["resources"] = resources
+    return RemotePlan(config=config, outputs=mapper.remote_outputs, remote_args=args)
+
+
+def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config with secret values and Pipes blobs hidden, for logs and error messages."""
+    shown = dict(config)
+    if "secrets" in shown:
+        shown["secrets"] = {k: ("<set>" if v else "<empty>") for k, v in shown["secrets"].items()}
+    if "envs" in shown:
+        shown["envs"] = {k: ("<pipes>" if k.startswith("DAGSTER_PIPES_") else v)
+                         for k, v in shown["envs"].items()}
+    return shown
