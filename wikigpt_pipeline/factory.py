@@ -90,6 +90,7 @@ def stage_asset(
     fingerprint: str = "",
     automation_condition: dg.AutomationCondition | None = None,
     resources: set[str] | None = None,
+    preview: Callable[[Path], dict[str, dg.MetadataValue]] | None = None,
 ) -> Callable[[Callable[[dg.AssetExecutionContext, StageIO], StageResult]], dg.AssetsDefinition]:
     """Decorate `compute(context, io) -> StageResult` (in-process stage) or a launched stage's
     `MaterializeResult` (see StageIO.launch); the docstring becomes the description."""
@@ -114,12 +115,24 @@ def stage_asset(
             except Exception:
                 context.log.exception(f"{name} failed; the previous artifact at {io.out} is untouched")
                 raise
+            extra = _previews(context, preview, io.out)
             if isinstance(result, dg.MaterializeResult):  # launched: metadata came over Pipes
-                metadata = {"path": dg.MetadataValue.path(str(io.out)), **(result.metadata or {})}
+                metadata = {"path": dg.MetadataValue.path(str(io.out)), **(result.metadata or {}), **extra}
                 return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)
             context.log.info(f"{name}: wrote {result.path} (content {result.content_hash[:12]})")
-            return materialize_result(result)
+            return materialize_result(result, extra)
 
         return _asset
 
     return decorator
+
+
+def _previews(context, preview, out: Path) -> dict[str, dg.MetadataValue]:
+    """A preview is a nicety: if it cannot be built, say so and keep the materialization."""
+    if preview is None:
+        return {}
+    try:
+        return preview(out)
+    except Exception as e:  # noqa: BLE001 - previews never fail a stage
+        context.log.warning(f"no preview for {out}: {e!r}")
+        return {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dagster as dg
 
 from wikigpt_core.config import Settings
+from wikigpt_pipeline import previews
 from wikigpt_pipeline.factory import StageIO, stage_asset
 
 GROUP = "alignment"
@@ -13,7 +14,7 @@ TEACHER_RETRY = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPON
 def build(settings: Settings) -> list[dg.AssetsDefinition]:
     @stage_asset(settings, name="sft_dataset", deps=("deduped_corpus",),
                  sections=("sft_data", "teacher"), version="1", group=GROUP, kinds={"jsonl"},
-                 retry_policy=TEACHER_RETRY)
+                 retry_policy=TEACHER_RETRY, preview=previews.chat_examples)
     def sft_dataset(context: dg.AssetExecutionContext, io: StageIO):
         """Chat examples (grounded QA, summarization, extraction) written by the teacher over
         corpus passages; train + held-out JSONL with a data card."""
@@ -24,7 +25,8 @@ def build(settings: Settings) -> list[dg.AssetsDefinition]:
 
     @stage_asset(settings, name="preference_dataset", deps=("sft_checkpoint", "sft_dataset"),
                  sections=("preference", "teacher"), version="1", group=GROUP,
-                 kinds={"jsonl"}, retry_policy=TEACHER_RETRY, pool="gpu")
+                 kinds={"jsonl"}, retry_policy=TEACHER_RETRY, pool="gpu",
+                 preview=previews.preference_pairs)
     def preference_dataset(context: dg.AssetExecutionContext, io: StageIO):
         """(prompt, chosen, rejected) pairs: SFT samples ranked by the judge, plus
         false-premise contrasts where chosen refuses and rejected invents."""

@@ -9,6 +9,7 @@ from wikigpt_core.data.dedup import run_dedup
 from wikigpt_core.data.dump import observe_dump, run_dump
 from wikigpt_core.data.shards import run_shards
 from wikigpt_core.data.tokenizer_train import run_tokenizer
+from wikigpt_pipeline import previews
 from wikigpt_pipeline.automation import data_eager
 from wikigpt_pipeline.factory import StageIO, stage_asset
 
@@ -28,14 +29,16 @@ def build(settings: Settings) -> list[dg.AssetsDefinition]:
         return run_dump(settings.dump, io.out, io.work)
 
     @stage_asset(settings, name="cleaned_articles", deps=("wiki_dump",), sections=("clean",),
-                 version="1", group=GROUP, kinds={"parquet"}, automation_condition=data_eager())
+                 version="1", group=GROUP, kinds={"parquet"}, automation_condition=data_eager(),
+                 preview=previews.articles("articles.parquet"))
     def cleaned_articles(context: dg.AssetExecutionContext, io: StageIO):
         """Article plain text (namespace 0, no redirects or disambiguation pages), filtered;
         parquet with id, title, url, text."""
         return run_clean(settings.clean, io.input("wiki_dump"), io.out, io.work)
 
     @stage_asset(settings, name="deduped_corpus", deps=("cleaned_articles",), sections=("dedup",),
-                 version="1", group=GROUP, kinds={"parquet"}, automation_condition=data_eager())
+                 version="1", group=GROUP, kinds={"parquet"}, automation_condition=data_eager(),
+                 preview=previews.articles("corpus.parquet"))
     def deduped_corpus(context: dg.AssetExecutionContext, io: StageIO):
         """Cleaned articles minus exact (SHA-1 of normalized text) and near duplicates
         (MinHash-LSH)."""

@@ -6,6 +6,7 @@ import dagster as dg
 
 from wikigpt_core.artifacts import atomic_write_json
 from wikigpt_core.config import Settings
+from wikigpt_pipeline import previews
 from wikigpt_pipeline.factory import StageIO, stage_asset
 
 CHECKPOINTS = ("base_checkpoint", "sft_checkpoint", "dpo_checkpoint")
@@ -15,7 +16,8 @@ DEPS = (*CHECKPOINTS, "token_shards", "sft_dataset")
 def build(settings: Settings) -> list[dg.AssetsDefinition]:
     @stage_asset(settings, name="eval_report", deps=DEPS, sections=("eval", "teacher"),
                  version="1", group="evaluation", kinds={"markdown", "json"}, pool="gpu",
-                 resources={"launcher"}, retry_policy=dg.RetryPolicy(max_retries=2, delay=15))
+                 resources={"launcher"}, retry_policy=dg.RetryPolicy(max_retries=2, delay=15),
+                 preview=previews.eval_report)
     def eval_report(context: dg.AssetExecutionContext, io: StageIO):
         """report.md + report.json: val perplexity, debiased pairwise wins, the SPEC §4
         harness and the 20-prompt gallery, for base, SFT and DPO."""

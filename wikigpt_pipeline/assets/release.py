@@ -6,6 +6,7 @@ import dagster as dg
 
 from wikigpt_core.artifacts import read_manifest
 from wikigpt_core.config import Settings, artifact_dir
+from wikigpt_pipeline import previews
 from wikigpt_pipeline.factory import StageIO, stage_asset
 
 # Every upstream asset whose figures the model card and run manifest quote.
@@ -17,7 +18,7 @@ LINEAGE = ("wiki_dump", "cleaned_articles", "deduped_corpus", "tokenizer", "toke
 def build(settings: Settings) -> list[dg.AssetsDefinition]:
     @stage_asset(settings, name="hf_release", deps=("dpo_checkpoint", "tokenizer", "eval_report"),
                  sections=("release",), version="1", group="release", kinds={"huggingface"},
-                 retry_policy=dg.RetryPolicy(max_retries=2, delay=30))
+                 retry_policy=dg.RetryPolicy(max_retries=2, delay=30), preview=previews.model_card)
     def hf_release(context: dg.AssetExecutionContext, io: StageIO):
         """The release folder: Llama config + safetensors, tokenizer with chat template,
         generation config, model card, gallery, run manifest, license."""

@@ -8,11 +8,13 @@ from __future__ import annotations
 import dagster as dg
 
 from wikigpt_core.config import Settings
+from wikigpt_pipeline import previews
 from wikigpt_pipeline.factory import StageIO, stage_asset
 
 GROUP = "training"
 GPU_POOL = "gpu"  # one GPU stage at a time; see dagster.yaml
-GPU = dict(group=GROUP, kinds={"pytorch", "safetensors"}, pool=GPU_POOL, resources={"launcher"})
+GPU = dict(group=GROUP, kinds={"pytorch", "safetensors"}, pool=GPU_POOL, resources={"launcher"},
+           preview=previews.training_samples)
 
 
 def build(settings: Settings) -> list[dg.AssetsDefinition]:
