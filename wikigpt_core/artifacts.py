@@ -89,12 +89,12 @@ class ArtifactWriter:
             "stats": self.stats,
         }
         (self.dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        _swap_into_place(self.dir, self.out)
+        swap_into_place(self.dir, self.out)
         self.result = StageResult(path=self.out, content_hash=digest, stats=self.stats)
         return False
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
+def swap_into_place(tmp: Path, out: Path) -> None:
     """Rename tmp to out. An existing out is first moved aside, then deleted, so the window in
     which neither exists is two renames long and a crash in it leaves the old copy recoverable."""
     if out.exists():

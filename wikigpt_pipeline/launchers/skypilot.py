@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import dagster as dg
 
-from wikigpt_core.artifacts import content_hash
+from wikigpt_core.artifacts import content_hash, swap_into_place
 from wikigpt_pipeline.launchers.log_stream import LogStreamMessageReader
 from wikigpt_pipeline.launchers.remote_plan import (
     RemotePlan,
@@ -286,7 +286,7 @@ class SkyPilotLauncher:
                     raise StageLaunchError(
                         f"{local.name} came back from {cluster} with content hash "
                         f"{content_hash(tmp)[:12]}, but the stage reported {expected[-1][:12]}")
-                _publish(tmp, local)
+                swap_into_place(tmp, local)  # old copy aside first, as ArtifactWriter does
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             context.log.info(f"[skypilot] fetched {remote} -> {local}")
@@ -318,17 +318,6 @@ class SkyPilotLauncher:
                 return
             context.log.error(f"[skypilot] teardown of {cluster} failed: {e!r}; "
                               f"run `sky down {cluster}` by hand, it may still bill")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move a fetched directory into place the way ArtifactWriter does (old copy aside first)."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 def _wait_ready(base_url: str, api_key: str, timeout_s: float, poll_s: float, clock) -> None:
