@@ -48,13 +48,15 @@ class StageIO:
         return read_manifest(artifact_dir(self.settings, dep))
 
     def launch(self, context: dg.AssetExecutionContext, stage: str, inputs: dict[str, Path],
-               extra: tuple[str, ...] = ()) -> dg.MaterializeResult:
+               extra: tuple[str, ...] = (), resumable: bool = True) -> dg.MaterializeResult:
         """Run `python -m wikigpt_core.<stage>` through the `launcher` resource (a local
         subprocess or a rented GPU), over Dagster Pipes. `inputs` maps CLI flags to upstream
-        artifact dirs. The artifact that comes back must hash to the DataVersion the stage
+        artifact dirs; `resumable` stages also get their --work scratch dir. The artifact that comes back must hash to the DataVersion the stage
         reported, so a partial copy can never be recorded as the materialization."""
         args = [a for flag, path in inputs.items() for a in (flag, str(path))]
-        args += ["--out", str(self.out), "--work", str(self.work), "--profile", self.settings.profile, *extra]
+        args += ["--out", str(self.out), "--profile", self.settings.profile, *extra]
+        if resumable:  # stages with resumable scratch (training) take a --work dir
+            args += ["--work", str(self.work)]
         result = context.resources.launcher.run_stage(context, stage, args, [self.out])
         reported = result.data_version.value if result.data_version else None
         local = content_hash(self.out)

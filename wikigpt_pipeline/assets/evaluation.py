@@ -29,6 +29,7 @@ def build(settings: Settings) -> list[dg.AssetsDefinition]:
         return io.launch(context, "evaluate", {
             "--base": io.input("base_checkpoint"), "--sft": sft, "--dpo": io.input("dpo_checkpoint"),
             "--shards": io.input("token_shards"), "--sft-dataset": io.input("sft_dataset"),
-            "--tokenizer": sft, "--cache": io.work / "teacher_cache", "--upstream": upstream})
+            "--tokenizer": sft, "--cache": io.work / "teacher_cache", "--upstream": upstream},
+            resumable=False)
 
     return [eval_report]
