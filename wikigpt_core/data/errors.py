@@ -15,6 +15,18 @@ class DumpError(ValueError):
             msg += f". {hint}"
         super().__init__(msg)
 
+    def __reduce__(self):
+        # Subclasses take different __init__ arguments; rebuild from the finished message so
+        # an error raised in a worker process crosses back to the parent intact.
+        return (_restore, (type(self), self.path, self.problem, self.args))
+
+
+def _restore(cls: type, path: str, problem: str, args: tuple) -> DumpError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.path, err.problem = path, problem
+    return err
+
 
 _REFETCH = "Delete it and fetch the dump again (materialize `wiki_dump`)."
 

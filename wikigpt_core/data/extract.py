@@ -75,14 +75,22 @@ def wikitext_to_text(page_id: int, title: str, wikitext: str) -> str:
     return "\n".join(p.strip() for p in paragraphs if p.strip())
 
 
-def extract_article(page: RawPage) -> Article:
+def article_facts(page: RawPage) -> Article:
+    """The article's wikitext facts, text not yet extracted (filters on these run first, so
+    list and stub pages never pay for extraction)."""
     return Article(
         id=page.id,
         title=page.title,
-        text=wikitext_to_text(page.id, page.title, page.text),
-        is_stub=bool(_STUB.search(page.text)) ,
+        text="",
+        is_stub=bool(_STUB.search(page.text)),
         list_line_ratio=_list_line_ratio(page.text),
     )
+
+
+def extract_article(page: RawPage, facts: Article | None = None) -> Article:
+    article = facts or article_facts(page)
+    article.text = wikitext_to_text(page.id, page.title, page.text)
+    return article
 
 
 def is_list_title(title: str) -> bool:

@@ -117,6 +117,10 @@ def parse_pages_fragment(data: bytes, path: Path, where: str) -> list[RawPage]:
     end = data.rfind(b"</mediawiki>")
     if end != -1:
         data = data[:end]
+    if data.lstrip().startswith(b"<mediawiki"):  # header and pages share the first stream
+        check_header(data, path)
+        cut = data.find(b"</siteinfo>")
+        data = data[cut + len(b"</siteinfo>"):] if cut != -1 else data[data.find(b">") + 1:]
     try:
         root = ET.fromstring(b"<pages>" + data + b"</pages>")
     except ET.ParseError as e:

@@ -1,0 +1,207 @@
+"""`wiki_dump`: put the configured dump into an artifact, verified.
+
+Sources (DumpConfig.source):
+- `sample`: the real enwiki sample inside the gensim wheel (copied);
+- a local path to a `.xml.bz2` (hard-linked when possible, else copied; a multistream file
+  brings its `-index.txt.bz2` along and is refused without it);
+- a dump name `enwiki/20261101`: the multistream file and its index from `base_url`, fetched
+  with HTTP range-resume into the work directory and renamed into place only once its SHA-1
+  matches the dump's published `sha1sums`.
+
+Every source is checked before it is published: the XML root must be a MediaWiki export; a
+single-stream file is scanned to the end (page count, truncation); a multistream file has its
+last stream decompressed (truncation) and its pages counted from the index.
+"""
+from __future__ import annotations
+
+import argparse
+import bz2
+import dataclasses
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wikigpt_core.artifacts import ArtifactWriter, StageResult, file_sha1
+from wikigpt_core.data.download import download, fetch_text, parse_sha1sums
+from wikigpt_core.data.errors import (
+    CorruptDumpError,
+    DownloadError,
+    EmptyDumpError,
+    MissingIndexError,
+    TruncatedDumpError,
+)
+from wikigpt_core.data.multistream import check_multistream_header, iter_streams, read_stream_pages
+from wikigpt_core.data.sources import (
+    index_for,
+    is_multistream_name,
+    multistream_names,
+    parse_dump_name,
+    sample_path,
+)
+from wikigpt_core.data.xmlpages import check_header
+
+if TYPE_CHECKING:
+    from wikigpt_core.config import DumpConfig
+
+_DATE_IN_NAME = re.compile(r"-(\d{8})-")
+_TIMESTAMP = re.compile(rb"<timestamp>(\d{4}-\d\d-\d\d)T")
+_SCAN_CHUNK = 1 << 22
+
+
+def run_dump(cfg: DumpConfig, out: Path, work: Path) -> StageResult:
+    """Publish the configured dump (and its index, if multistream) at `out`."""
+    source = cfg.source.strip()
+    with ArtifactWriter(out, stage="dump", config=dataclasses.asdict(cfg)) as w:
+        name = parse_dump_name(source)
+        if source == "sample":
+            xml, index, date, extra = _place_local(sample_path(), w.dir), None, None, {}
+        elif name is not None:
+            xml, index, date, extra = _fetch_named(cfg.base_url, *name, Path(work), w.dir)
+        else:
+            src = Path(source).expanduser()
+            if not src.exists():
+                raise FileNotFoundError(
+                    f"dump source {source!r} is neither `sample`, a dump name like enwiki/20261101, "
+                    "nor an existing file; fix DumpConfig.source / WIKIGPT_DUMP")
+            index_src = index_for(src)
+            if is_multistream_name(src) and not index_src.exists():
+                raise MissingIndexError(src, index_src.name)
+            xml = _place_local(src, w.dir)
+            index = _place_local(index_src, w.dir) if index_src.exists() else None
+            date, extra = None, {}
+        if index is not None:
+            pages, newest = _check_multistream(xml, index), None
+        else:
+            pages, newest = _scan(xml)
+        m = _DATE_IN_NAME.search(xml.name)
+        w.stats.update({
+            "source": source,
+            "dump_date": date or (m.group(1) if m else None) or newest or "unknown",
+            "file": xml.name,
+            "multistream": index is not None,
+            "bytes": xml.stat().st_size,
+            "sha1": file_sha1(xml),
+            "pages": pages,
+        } | extra)
+    return w.result
+
+
+def observe_dump(cfg: DumpConfig) -> str:
+    """Cheap fingerprint of the configured source, for a Dagster observable source."""
+    source = cfg.source.strip()
+    if source == "sample":
+        return "sample:" + file_sha1(sample_path())
+    name = parse_dump_name(source)
+    if name is not None:
+        wiki, date = name
+        xml_name, _ = multistream_names(wiki, date)
+        try:
+            sums = parse_sha1sums(fetch_text(_sums_url(cfg.base_url, wiki, date), timeout=10.0))
+            return f"{source}:{sums.get(xml_name, 'unpublished')}"
+        except DownloadError:
+            return source
+    path = Path(source).expanduser()
+    if not path.exists():
+        return f"{source}:missing"
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _place_local(src: Path, dest_dir: Path) -> Path:
+    """Hard-link (instant, no extra space) or copy src into dest_dir."""
+    dest = dest_dir / src.name
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+    return dest
+
+
+def _sums_url(base_url: str, wiki: str, date: str) -> str:
+    return f"{base_url.rstrip('/')}/{wiki}/{date}/{wiki}-{date}-sha1sums.txt"
+
+
+def _fetch_named(base_url: str, wiki: str, date: str, work: Path, dest_dir: Path):
+    xml_name, index_name = multistream_names(wiki, date)
+    sums = parse_sha1sums(fetch_text(_sums_url(base_url, wiki, date)))
+    placed: list[Path] = []
+    extra: dict[str, Any] = {}
+    for fname in (xml_name, index_name):
+        if fname not in sums:
+            raise DownloadError(_sums_url(base_url, wiki, date), f"no published SHA-1 for {fname}",
+                                "The dump may still be in progress; pick a finished dump date.")
+        url = f"{base_url.rstrip('/')}/{wiki}/{date}/{fname}"
+        info = download(url, work / fname, sums[fname])
+        if fname == xml_name:
+            extra = {"download_attempts": info["attempts"], "resumed_from_byte": info["resumed_from"]}
+        dest = dest_dir / fname
+        try:
+            os.replace(work / fname, dest)  # same filesystem: a rename, no copy of 22 GB
+        except OSError:
+            shutil.copyfile(work / fname, dest)
+            (work / fname).unlink()
+        placed.append(dest)
+    return placed[0], placed[1], date, extra
+
+
+def _check_multistream(xml: Path, index: Path) -> int:
+    """Header is MediaWiki, the last stream decompresses (not truncated); pages from the index."""
+    pages, last = 0, None
+    for stream in iter_streams(xml, index):  # validates offsets against the file size
+        pages, last = pages + len(stream.page_ids), stream
+    check_multistream_header(xml, index)
+    read_stream_pages(xml, last)  # truncated tail, or a last stream the index does not match
+    return pages
+
+
+def _scan(xml: Path) -> tuple[int, str | None]:
+    """Stream the whole file once: count <page>s, find the newest revision date, check the
+    header and that the bz2 data ends properly."""
+    if xml.stat().st_size == 0:
+        raise EmptyDumpError(xml, "the file is 0 bytes")
+    pages, newest, head, tail = 0, None, b"", b""
+    opener = bz2.open if xml.suffix == ".bz2" else open
+    try:
+        with opener(xml, "rb") as f:
+            while chunk := f.read(_SCAN_CHUNK):
+                if not head:
+                    head = chunk[:65536]
+                    check_header(head, xml)
+                window = tail + chunk
+                pages += window.count(b"<page>") - tail.count(b"<page>")
+                for stamp in _TIMESTAMP.findall(window):
+                    if newest is None or stamp.decode() > newest:
+                        newest = stamp.decode()
+                tail = chunk[-64:]
+    except EOFError as e:
+        raise TruncatedDumpError(xml, f" ({e})") from None
+    except OSError as e:
+        raise CorruptDumpError(xml, f" ({e})") from None
+    if not head:
+        raise EmptyDumpError(xml, "it decompresses to nothing")
+    if pages == 0:
+        raise EmptyDumpError(xml)
+    return pages, newest
+
+
+def main(argv: list[str] | None = None) -> None:
+    from wikigpt_core.data.cli import add_common, print_result, resolve
+
+    p = argparse.ArgumentParser(prog="python -m wikigpt_core.data.dump", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p, inputs={}, work=True)
+    p.add_argument("--source", help="override DumpConfig.source (sample, a path, or enwiki/YYYYMMDD)")
+    p.add_argument("--observe", action="store_true", help="print the source fingerprint and exit")
+    args = p.parse_args(argv)
+    settings, dirs = resolve(args, "wiki_dump", inputs={})
+    cfg = dataclasses.replace(settings.dump, source=args.source) if args.source else settings.dump
+    if args.observe:
+        print(observe_dump(cfg))
+        return
+    print_result(run_dump(cfg, dirs["out"], dirs["work"]))
+
+
+if __name__ == "__main__":
+    main()
