@@ -91,8 +91,9 @@ class KVCache:
 
     def __init__(self, config: GPTConfig, batch: int, device, dtype) -> None:
         shape = (batch, config.n_head, config.block_size, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        # Uninitialised: only positions [0, pos) are ever read.
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.capacity = config.block_size
         self.pos = 0
 
@@ -204,8 +205,12 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def new_cache(self, batch: int = 1) -> KVCache:
+        """An empty cache in the dtype attention will produce (the autocast dtype if active)."""
         p = self.tok_emb.weight
-        return KVCache(self.config, batch, p.device, p.dtype)
+        dtype = p.dtype
+        if torch.is_autocast_enabled(p.device.type):
+            dtype = torch.get_autocast_dtype(p.device.type)
+        return KVCache(self.config, batch, p.device, dtype)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 doc_ids: torch.Tensor | None = None, cache: KVCache | None = None,

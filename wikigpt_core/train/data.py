@@ -233,7 +233,8 @@ def encode_pairs(path: Path, tok, block_size: int):
 
 def pair_tensors(pairs, pad_id: int) -> dict[str, torch.Tensor]:
     """Stack pairs into padded tensors: chosen_idx/chosen_targets/rejected_idx/rejected_targets
-    (N, L) where targets mark response tokens only (prompt and padding are -100)."""
+    (N, L) where targets mark response tokens only (prompt and padding are -100), and the
+    unpadded lengths chosen_len/rejected_len (N,)."""
     def seqs(which: int):
         rows = []
         for p in pairs:
@@ -249,4 +250,5 @@ def pair_tensors(pairs, pad_id: int) -> dict[str, torch.Tensor]:
         out[f"{name}_idx"] = torch.tensor([r[0] + [pad_id] * (L - len(r[0])) for r in rows], dtype=torch.long)
         out[f"{name}_targets"] = torch.tensor([r[1] + [IGNORE_INDEX] * (L - len(r[1])) for r in rows],
                                               dtype=torch.long)
+        out[f"{name}_len"] = torch.tensor([len(r[0]) for r in rows], dtype=torch.long)
     return out

@@ -39,21 +39,21 @@ class MetricLogger:
     def __init__(self, log_path: Path | None, *, on_metrics: MetricsCallback | None = None,
                  wandb_dir: Path | None = None, wandb_project: str = "wikigpt",
                  run_name: str | None = None, run_id: str | None = None,
-                 config: dict[str, Any] | None = None, resume_step: int | None = None) -> None:
+                 config: dict[str, Any] | None = None) -> None:
         self.log_path = Path(log_path) if log_path else None
         self.on_metrics = on_metrics
         self.history: list[dict[str, Any]] = []
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._truncate_after(resume_step)
         self._wandb = None
         mode = os.environ.get("WANDB_MODE", "offline")
         if wandb_dir is not None and mode != "disabled":
             self._wandb = _init_wandb(Path(wandb_dir), mode, wandb_project, run_name, run_id, config)
 
-    def _truncate_after(self, resume_step: int | None) -> None:
-        """On resume, keep only lines up to the restored step (later ones were lost work)."""
-        if not self.log_path.exists():
+    def resume(self, resume_step: int | None) -> None:
+        """Called once the run knows where it starts: a fresh run (None) drops an old log; a
+        resumed run keeps only lines up to the restored step (later ones were lost work)."""
+        if self.log_path is None or not self.log_path.exists():
             return
         if resume_step is None:
             self.log_path.unlink()

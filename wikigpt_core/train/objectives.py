@@ -72,7 +72,7 @@ class DPOObjective:
         used = (batch["chosen_targets"] != IGNORE_INDEX) | (batch["rejected_targets"] != IGNORE_INDEX)
         cols = used.any(0).nonzero()
         end = int(cols.max()) + 1 if len(cols) else 1
-        return {k: v[:, :end] for k, v in batch.items()}
+        return {k: v[:, :end] if v.dim() == 2 else v for k, v in batch.items()}
 
     def __call__(self, model, batch):
         b = self._trim(batch)

@@ -47,7 +47,8 @@ class Runtime:
 
 def setup_runtime(device: str | None = None) -> Runtime:
     """Runtime from the environment: torchrun's RANK/WORLD_SIZE/LOCAL_RANK if present, the
-    device from `device` or $WIKIGPT_DEVICE, else CUDA when available, else CPU."""
+    device from `device` or $WIKIGPT_DEVICE, else CUDA when available, else CPU.
+    $WIKIGPT_CPU_THREADS sets torch's intra-op threads on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -59,6 +60,9 @@ def setup_runtime(device: str | None = None) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     else:
         dev = torch.device(name)
+        if os.environ.get("WIKIGPT_CPU_THREADS"):
+            # On a shared or small CPU, one thread per process often beats OpenMP contention.
+            torch.set_num_threads(int(os.environ["WIKIGPT_CPU_THREADS"]))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return Runtime(device=dev, rank=rank, world_size=world, local_rank=local)

@@ -11,6 +11,7 @@ equals the single-process one on the same global batch. Only rank 0 writes.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -61,7 +62,9 @@ class Trainer:
         if should_compile(cfg.compile, runtime):
             fwd = torch.compile(fwd)
         if runtime.distributed:
-            fwd = DDP(fwd, device_ids=[runtime.device.index] if runtime.is_cuda else None)
+            # Buffers are only the RoPE tables, identical everywhere: no per-step broadcast.
+            fwd = DDP(fwd, device_ids=[runtime.device.index] if runtime.is_cuda else None,
+                      forward_sync_buffers=False)
         self.forward_model = fwd  # what the objective calls during training
         self.micros = list(range(runtime.rank, cfg.grad_accum, runtime.world_size))
 
@@ -69,31 +72,28 @@ class Trainer:
 
     def train(self) -> TrainState:
         self._restore()
-        window: dict[str, float] = {}
-        window_steps, window_t0, window_tokens = 0, time.perf_counter(), 0
+        window: dict[str, torch.Tensor] = {}
+        steps_in_window, window_s, window_tokens = 0, 0.0, 0
         while self.state.step < self.max_steps:
             t0 = time.perf_counter()
             metrics, tokens = self.train_step(self.state.step)
             self.state.step += 1
-            step = self.state.step
-            self.state.tokens += tokens
-            self.state.seconds += time.perf_counter() - t0
-            for k, v in metrics.items():
-                window[k] = window.get(k, 0.0) + v
-            window_steps += 1
+            step, final = self.state.step, self.state.step == self.max_steps
+            for k, v in metrics.items():  # device tensors: no host sync until a log step
+                window[k] = window[k] + v if k in window else v
+            steps_in_window += 1
             window_tokens += tokens
-            final = step == self.max_steps
-            if step % self.cfg.log_interval == 0 or final or step == 1:
-                dt = time.perf_counter() - window_t0
-                row = {k: v / window_steps for k, v in window.items()}
-                row["tps"] = window_tokens / max(dt, 1e-9)
-                row["time/step_ms"] = 1000 * dt / window_steps
-                row["tokens"] = self.state.tokens
-                if self.flops_per_token and self.peak:
-                    row["mfu"] = row["tps"] * self.flops_per_token / (self.peak * self.runtime.world_size)
-                self.state.last = row
-                self._log(row, step)
-                window, window_steps, window_t0, window_tokens = {}, 0, time.perf_counter(), 0
+            self.state.tokens += tokens
+            logging = step % self.cfg.log_interval == 0 or final or step == 1
+            if logging:
+                row = {k: v / steps_in_window for k, v in self._reduce(window).items()}
+            dt = time.perf_counter() - t0  # on a log step the reduce has synchronised the device
+            window_s += dt
+            self.state.seconds += dt
+            if logging:
+                self._account(row, window_tokens, window_s, steps_in_window, step)
+                window, steps_in_window, window_s, window_tokens = {}, 0, 0.0, 0
+            # Evaluation, samples and checkpoints are outside the timed window.
             if self.evaluate_fn and (step % self.cfg.eval_interval == 0 or final):
                 self.state.last.update(self._evaluate(step))
             if self.sample_fn and self.runtime.is_main and (step % self.cfg.sample_interval == 0 or final):
@@ -102,9 +102,22 @@ class Trainer:
                 self._save(step)
         return self.state
 
-    def train_step(self, step: int) -> tuple[dict[str, float], int]:
-        """One optimizer step over this rank's micro-batches; returns averaged metrics and
-        the number of tokens processed globally."""
+    def _account(self, row: dict[str, float], tokens: int, seconds: float, steps: int, step: int) -> None:
+        """Throughput figures for a logging window, then log it."""
+        if self.state.initial_loss is None:
+            self.state.initial_loss = row["loss/train"]  # step 1 is always its own window
+        row["lr"] = self.schedule(step - 1)
+        row["tps"] = tokens / max(seconds, 1e-9)
+        row["time/step_ms"] = 1000 * seconds / steps
+        row["tokens"] = self.state.tokens
+        if self.flops_per_token and self.peak:
+            row["mfu"] = row["tps"] * self.flops_per_token / (self.peak * self.runtime.world_size)
+        self.state.last = row
+        self._log(row, step)
+
+    def train_step(self, step: int) -> tuple[dict[str, torch.Tensor], int]:
+        """One optimizer step over this rank's micro-batches. Returns this rank's metrics as
+        device tensors (averaged over its micro-batches) and the tokens processed globally."""
         model, opt = self.forward_model, self.optimizer
         model.train()
         lr = self.schedule(step)
@@ -114,33 +127,29 @@ class Trainer:
         tokens = 0
         n = len(self.micros)
         for i, micro in enumerate(self.micros):
-            batch = {k: v.to(self.runtime.device, non_blocking=True)
-                     for k, v in self.data.batch(step, micro).items()}
-            tokens += self.tokens_per_micro(batch)
-            sync = i == n - 1 or not self.runtime.distributed
-            ctx = model.no_sync() if not sync else _nullcontext()
-            with ctx, self.runtime.autocast():
-                loss, mets = self.objective(model, batch)
+            cpu_batch = self.data.batch(step, micro)
+            tokens += self.tokens_per_micro(cpu_batch)
+            batch = {k: v.to(self.runtime.device, non_blocking=True) for k, v in cpu_batch.items()}
+            # Under DDP, gradients are all-reduced only on the last micro-batch.
+            ctx = model.no_sync() if self.runtime.distributed and i < n - 1 else contextlib.nullcontext()
             with ctx:
+                with self.runtime.autocast():
+                    loss, mets = self.objective(model, batch)
                 (loss / n).backward()
             for k, v in {"loss/train": loss, **mets}.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float() / n
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                v = v.detach().float() / n
+                sums[k] = sums[k] + v if k in sums else v
+        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip).float()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        out = self._reduce(sums)
-        out["lr"] = lr
-        out["grad_norm"] = float(grad_norm)
-        if self.state.initial_loss is None:
-            self.state.initial_loss = out["loss/train"]
-        return out, tokens * self.runtime.world_size
+        return sums, tokens * self.runtime.world_size
 
     # ------------------------------------------------------------------ helpers
 
     def _reduce(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Average step metrics over ranks (one all-reduce), as Python floats."""
+        """Average metrics over ranks (one all-reduce), as Python floats (one host sync)."""
         keys = sorted(sums)
-        vec = torch.stack([sums[k] for k in keys])
+        vec = torch.stack([sums[k].reshape(()) for k in keys])
         if self.runtime.distributed:
             torch.distributed.all_reduce(vec)
             vec /= self.runtime.world_size
@@ -174,6 +183,8 @@ class Trainer:
 
     def _restore(self) -> None:
         state = self.checkpointer.load_latest(self.model, self.optimizer)
+        if self.runtime.is_main:
+            self.logger.resume(None if state is None else int(state["data_position"]))
         if state is None:
             return
         self.state.step = int(state["data_position"])
@@ -182,11 +193,3 @@ class Trainer:
         self.state.seconds = float(state.get("seconds", 0.0))
         self.state.last = dict(state.get("last", {}))
         self._log({"resumed_from": self.state.step}, self.state.step)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

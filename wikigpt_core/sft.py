@@ -1,0 +1,104 @@
+"""Supervised fine-tuning stage (SPEC §3): base checkpoint + SFT dataset -> SFT checkpoint.
+
+    python -m wikigpt_core.sft --base DIR --data DIR --tokenizer DIR [--out DIR --work DIR]
+
+Each example is rendered with `chat.render_example` (user turns and <|assistant|> at -100,
+assistant content and its closing <|end|> trained), packed greedily into block_size blocks,
+tail padded with <|end|> at -100; examples longer than a block are dropped. Packed examples
+never attend to each other (document masking) and their RoPE positions restart at 0, so a
+packed block trains exactly like its examples run one at a time. A fresh AdamW is used.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wikigpt_core.artifacts import StageResult
+from wikigpt_core.model_io import load_model
+from wikigpt_core.tokenizer import WikiTokenizer
+from wikigpt_core.train.config import derive_max_steps
+from wikigpt_core.train.data import BlockBatches, DataError, pack_examples, read_jsonl, render_sft_file
+from wikigpt_core.train.metrics import MetricsCallback, flops_per_token
+from wikigpt_core.train.objectives import LMObjective
+from wikigpt_core.train.runtime import setup_runtime
+from wikigpt_core.train.samples import chat_sampler
+from wikigpt_core.train.stage import run_training
+
+
+def run_sft(train_cfg, base_dir: Path, sft_dataset_dir: Path, tokenizer_dir: Path, out: Path,
+            work: Path, on_metrics: MetricsCallback | None = None, *,
+            device: str | None = None) -> StageResult:
+    """Fine-tune the base model at `base_dir` on `sft_dataset_dir/{train,heldout}.jsonl`."""
+    sft_dataset_dir = Path(sft_dataset_dir)
+    tok = WikiTokenizer.load(tokenizer_dir)
+    runtime = setup_runtime(device)
+    model = load_model(base_dir).train()
+    block = model.config.block_size
+    if tok.vocab_size > model.config.vocab_size:
+        raise DataError(f"tokenizer at {tokenizer_dir} has {tok.vocab_size} ids but the model "
+                        f"at {base_dir} only {model.config.vocab_size}")
+    train_blocks, pstats = pack_examples(render_sft_file(sft_dataset_dir / "train.jsonl", tok),
+                                         block, tok.end_id, tok.end_id)
+    heldout_path = sft_dataset_dir / "heldout.jsonl"
+    val_blocks, _ = pack_examples(render_sft_file(heldout_path, tok), block, tok.end_id, tok.end_id) \
+        if heldout_path.exists() else (None, None)
+    data = BlockBatches(train_blocks, train_cfg.batch_size, train_cfg.grad_accum, train_cfg.seed)
+    max_steps = derive_max_steps(train_cfg, data.n)
+    objective = LMObjective()
+    val = BlockBatches(val_blocks, train_cfg.batch_size, 1, 0, shuffle=False) \
+        if val_blocks is not None and len(val_blocks["idx"]) else None
+
+    def evaluate(m):
+        if val is None:
+            return {}
+        dev = runtime.device
+        return objective.evaluate(m, ({k: v.to(dev) for k, v in b.items()} for b in val.eval_batches()))
+
+    sample = _chat_sampler(sft_dataset_dir, tok, runtime.device)
+
+    def summarize(state):
+        return {"train_loss": state.last.get("loss/train"), "val_loss": state.last.get("loss/val"),
+                "initial_loss": state.initial_loss,
+                "loss_fraction": round(pstats.loss_fraction, 6), "end_share": round(pstats.end_share, 6),
+                "examples": pstats.examples, "dropped_too_long": pstats.dropped_too_long,
+                "blocks": pstats.blocks, "tokens_trained": state.tokens,
+                "tokens_per_s": round(state.tokens / max(state.seconds, 1e-9), 1)}
+
+    if runtime.is_main and on_metrics is not None:
+        on_metrics({"sft/loss_fraction": pstats.loss_fraction, "sft/end_share": pstats.end_share,
+                    "sft/examples": pstats.examples, "sft/dropped_too_long": pstats.dropped_too_long}, 0)
+    cfg = model.config
+    return run_training(
+        "sft", model=model, objective=objective, data=data, train_cfg=train_cfg, runtime=runtime,
+        max_steps=max_steps, inputs={"base": Path(base_dir), "sft_dataset": sft_dataset_dir,
+                                     "tokenizer": Path(tokenizer_dir)},
+        out=out, work=work, on_metrics=on_metrics, summarize=summarize,
+        tokenizer_dir=Path(tokenizer_dir), evaluate=evaluate,
+        sample=sample, flops_per_token=flops_per_token(model.num_params(), cfg.n_layer, cfg.n_embd, block))
+
+
+def _chat_sampler(dataset_dir: Path, tok, device):
+    """Answer the first held-out (else train) prompt, greedily."""
+    src = dataset_dir / "heldout.jsonl"
+    rows = read_jsonl(src if src.exists() else dataset_dir / "train.jsonl")
+    return chat_sampler(rows[0]["messages"], tok, device) if rows else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    from wikigpt_core.train.cli import add_common_args, run_stage_cli, settings_from_args
+
+    p = argparse.ArgumentParser(prog="python -m wikigpt_core.sft", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", type=Path, required=True, help="base_checkpoint dir (model.safetensors, config.json)")
+    p.add_argument("--data", type=Path, required=True, help="sft_dataset dir (train.jsonl, heldout.jsonl)")
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer dir (tokenizer.json)")
+    add_common_args(p)
+    args = p.parse_args(argv)
+    settings = settings_from_args(args, "sft")
+    run_stage_cli("sft", lambda cb: run_sft(
+        settings.sft, args.base, args.data, args.tokenizer, args.out, args.work, on_metrics=cb,
+        device=args.device))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The shared shape of a training stage: resume key -> Trainer -> artifact.
+
+`run_training(...)` builds the checkpointer (work dir keyed by config + inputs), the metric
+logger (log.jsonl and offline W&B under the work dir), runs the Trainer, and on rank 0
+publishes the artifact (model.safetensors, config.json, metrics.json, log.jsonl, and
+tokenizer.json when the stage was given a tokenizer) through ArtifactWriter; then it clears the
+scratch.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from wikigpt_core.artifacts import ArtifactWriter, StageResult, atomic_write_json
+from wikigpt_core.model_io import save_model
+from wikigpt_core.tokenizer import TOKENIZER_FILE
+from wikigpt_core.train.checkpoint import Checkpointer, run_key
+from wikigpt_core.train.config import as_dict, key_payload
+from wikigpt_core.train.metrics import MetricLogger, MetricsCallback
+from wikigpt_core.train.runtime import Runtime
+from wikigpt_core.train.trainer import Trainer, TrainState
+
+LOG_FILE = "log.jsonl"
+METRICS_FILE = "metrics.json"
+
+
+def run_training(stage: str, *, model: torch.nn.Module, objective, data, train_cfg, runtime: Runtime,
+                 max_steps: int, inputs: dict[str, Path], out: Path, work: Path,
+                 on_metrics: MetricsCallback | None,
+                 summarize: Callable[[TrainState], dict[str, Any]],
+                 evaluate=None, sample=None, tokens_per_micro=None, flops_per_token=None,
+                 tokenizer_dir: Path | None = None) -> StageResult:
+    payload = key_payload(stage, model.config, train_cfg, inputs)
+    key = run_key(payload)
+    work = Path(work)
+    ckpt = Checkpointer(work, key, train_cfg.ckpt_interval, train_cfg.keep_last_k, enabled=runtime.is_main)
+    runtime.barrier()  # rank 0 has cleared stale keys before anyone reads
+    logger = MetricLogger(work / key / LOG_FILE if runtime.is_main else None, on_metrics=on_metrics,
+                          wandb_dir=work if runtime.is_main else None,  # survives clear()
+                          run_name=f"{stage}-{key[:8]}", run_id=f"{stage}-{key}",
+                          config=payload)
+    trainer = Trainer(model, objective, data, train_cfg, runtime, max_steps=max_steps,
+                      checkpointer=ckpt, logger=logger, evaluate=evaluate, sample=sample,
+                      tokens_per_micro=tokens_per_micro, flops_per_token=flops_per_token)
+    try:
+        state = trainer.train()
+    finally:
+        logger.close()
+    stats = {"steps": state.step, "seconds": round(state.seconds, 3), **summarize(state)}
+    stats = {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))}  # no None
+    result = StageResult(path=Path(out), content_hash="", stats=stats)
+    if runtime.is_main:
+        manifest_inputs = {k: v for k, v in payload["inputs"].items()}
+        with ArtifactWriter(Path(out), stage=stage, config={"train": as_dict(train_cfg),
+                                                            "model": as_dict(model.config)},
+                            inputs=manifest_inputs) as w:
+            save_model(trainer.model, w.dir)
+            atomic_write_json(w.dir / METRICS_FILE, stats)
+            shutil.copyfile(work / key / LOG_FILE, w.dir / LOG_FILE)
+            if tokenizer_dir is not None:  # a checkpoint that carries its tokenizer is self-contained
+                shutil.copyfile(Path(tokenizer_dir) / TOKENIZER_FILE, w.dir / TOKENIZER_FILE)
+            w.stats.update(stats)
+        result = w.result
+        ckpt.clear()
+    runtime.barrier()
+    return result
