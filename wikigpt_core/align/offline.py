@@ -19,20 +19,22 @@ from wikigpt_core.align import text as T
 from wikigpt_core.align.prompts import ReplyFormatError, parse_request
 
 CUT_MARK = "[cut off]"
+CLOZE_MAX_WORDS = 28
 _PRONOUN_START = {"it", "he", "she", "they", "this", "these", "those", "there", "that", "its",
                   "his", "her", "their", "we", "i", "you", "one", "some", "many", "most", "such",
                   "both", "each", "all", "other", "another", "which", "what", "when", "where"}
 _YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})\b")
-_NUMBER = re.compile(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?![\w,]\d)")
+_NUMBER = re.compile(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?![\w])(?!,\d)")
 _DEFINITION = re.compile(
     r"^(?P<subj>[A-Z][\w'’\-]*(?: [\w'’\-]+){0,5}?) (?P<verb>is|was|are|were) "
     r"(?P<obj>(?:a|an|the|one) .+)$")
 _PASSIVE_DATE = re.compile(
     r"^(?P<subj>[A-Z][\w'’\-]*(?: [\w'’\-]+){0,5}?) (?P<aux>was|were) "
+    r"(?P<adv>(?:first|later|originally|also|officially|formally|finally|eventually|only|then) )?"
     r"(?P<verb>\w+ed|born|built|held|made|written|begun|won|taken|given|known|sold|shown|drawn)"
     r"(?P<mid>(?: [\w'’\-]+){0,6}?) in (?P<year>1[0-9]{3}|20[0-9]{2})\b")
-_NAME = re.compile(r"\b[A-Z][a-z][\w'’\-]*(?: (?:of|the|de|von|van|and|la|le|du) )?"
-                   r"(?:[ ][A-Z][\w'’\-]*)*")
+# Capitalized runs ("Greek Dark Ages", "Bank of England"); a connector only between capitals.
+_NAME = re.compile(r"\b[A-Z][a-z][\w'’\-]*(?:(?: (?:of|the|de|von|van|la|le|du))? [A-Z][\w'’\-]*)*")
 _OBJ_CUT = re.compile(r",|;|:| which | that | who | whose | where | when | while | but | and (?:is|was|has|had) ")
 
 
@@ -75,10 +77,8 @@ def qa_candidates(title: str, passage: str) -> list[tuple[str, str, str]]:
                 subj = _lower_article(m["subj"])
                 found.append((0, f"What {m['verb']} {subj}?", obj, f"{m['subj']} {m['verb']} {obj}."))
         if (m := _PASSIVE_DATE.match(body)) and _ok_subject(m["subj"]):
-            q = f"When {m['aux']} {_lower_article(m['subj'])} {m['verb']}{m['mid']}?"
+            q = f"When {m['aux']} {_lower_article(m['subj'])} {m['adv'] or ''}{m['verb']}{m['mid']}?"
             found.append((1, q, m["year"], f"{m['year']}."))
-        if len(s.split()) > 35:
-            continue
         for y in dict.fromkeys(_YEAR.findall(s)):
             if s.count(y) == 1:
                 found.append((2, _cloze("year", s, y), y, f"{y}."))
@@ -117,8 +117,18 @@ def _lower_article(subj: str) -> str:
 
 
 def _cloze(kind: str, sentence: str, span: str) -> str:
-    blanked = sentence.replace(span, "____", 1)
-    return f'Which {kind} fills the blank in this sentence from the passage: "{blanked}"'
+    """A fill-in-the-blank question. The cloze repeats the sentence, so a long one is cut to a
+    window of words around the blank (marked with "...") to keep prompts short."""
+    ws = sentence.replace(span, "____", 1).split()
+    if len(ws) > CLOZE_MAX_WORDS:
+        at = next(i for i, w in enumerate(ws) if "____" in w)
+        lo = max(0, min(at - CLOZE_MAX_WORDS // 2, len(ws) - CLOZE_MAX_WORDS))
+        hi = lo + CLOZE_MAX_WORDS
+        ws = (["..."] if lo else []) + ws[lo:hi] + (["..."] if hi < len(ws) else [])
+    blanked = " ".join(ws)
+    cut = blanked.startswith("...") or blanked.endswith("...")
+    wording = "this part of a sentence from the passage" if cut else "this sentence from the passage"
+    return f'Which {kind} fills the blank in {wording}: "{blanked}"'
 
 
 def _names_in(sentence: str, skip_initial: bool) -> list[str]:

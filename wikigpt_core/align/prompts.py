@@ -125,8 +125,11 @@ def parse_json_reply(text: str, required: dict[str, type]) -> dict[str, Any]:
     for key, typ in required.items():
         if key not in obj:
             raise ReplyFormatError(f"reply lacks {key!r}: {text[:120]!r}")
-        if typ is float and isinstance(obj[key], (int, float)) and not isinstance(obj[key], bool):
-            obj[key] = float(obj[key])
+        if typ is float and isinstance(obj[key], (int, float, str)) and not isinstance(obj[key], bool):
+            try:  # models sometimes quote numbers: "8"
+                obj[key] = float(obj[key])
+            except ValueError:
+                raise ReplyFormatError(f"reply field {key!r} is not a number: {text[:120]!r}") from None
         elif not isinstance(obj[key], typ):
             raise ReplyFormatError(f"reply field {key!r} is not {typ.__name__}: {text[:120]!r}")
     return obj

@@ -1,0 +1,1 @@
+"""Alignment data: the teacher/judge, the SFT dataset and the preference pairs."""

@@ -1,0 +1,1 @@
+"""The evaluation battery: perplexity, judge-free harness, pairwise judge, gallery, report."""

@@ -1,0 +1,108 @@
+"""report.json (the fixed schema of issue 7), report.md and the metadata tables."""
+from __future__ import annotations
+
+from typing import Any
+
+from wikigpt_core.eval.harness import METRICS
+
+CHECKPOINTS = ("base", "sft", "dpo")
+PAIRINGS = ("sft_vs_base", "dpo_vs_sft")
+COST_FIELDS = ("seconds", "gpu_hours", "cost_usd")
+
+
+def build_report(ppl: dict[str, float], pairwise: dict[str, dict], harness: dict[str, dict],
+                 gallery: list[dict]) -> dict[str, Any]:
+    """Exactly {perplexity, pairwise, harness, gallery}; nothing else goes into report.json."""
+    return {
+        "perplexity": {c: float(ppl[c]) for c in CHECKPOINTS},
+        "pairwise": {p: {"win": float(pairwise[p]["win"]), "tie": float(pairwise[p]["tie"]),
+                         "loss": float(pairwise[p]["loss"]), "n": int(pairwise[p]["n"])} for p in PAIRINGS},
+        "harness": {c: {m: float(harness[c][m]) for m in METRICS} for c in CHECKPOINTS},
+        "gallery": [{"id": int(g["id"]), "type": str(g["type"]), "prompt": str(g["prompt"]),
+                     **{c: str(g[c]) for c in CHECKPOINTS}} for g in gallery],
+    }
+
+
+def cost_rows(upstream: dict[str, dict] | None) -> list[dict[str, Any]]:
+    """One row per upstream asset with its seconds / gpu_hours / cost_usd when it reported them."""
+    rows = []
+    for asset, stats in (upstream or {}).items():
+        stats = stats or {}
+        row = {"asset": asset}
+        for f in COST_FIELDS:
+            v = stats.get(f)
+            row[f] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        rows.append(row)
+    return rows
+
+
+def tables(report: dict[str, Any], costs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    base = report["perplexity"]["base"]
+    return {
+        "perplexity": [{"checkpoint": c, "ppl": round(p, 4), "delta_vs_base_pct": round(100 * (p / base - 1), 2)}
+                       for c, p in report["perplexity"].items()],
+        "pairwise": [{"pairing": k, **v} for k, v in report["pairwise"].items()],
+        "harness": [{"checkpoint": c, **v} for c, v in report["harness"].items()],
+        "cost": costs,
+    }
+
+
+def flat_stats(report: dict[str, Any]) -> dict[str, float | int]:
+    s: dict[str, float | int] = {}
+    base = report["perplexity"]["base"]
+    for c, p in report["perplexity"].items():
+        s[f"ppl_{c}"] = round(p, 4)
+        if c != "base":
+            s[f"ppl_delta_{c}_pct"] = round(100 * (p / base - 1), 2)
+    for k, v in report["pairwise"].items():
+        for f in ("win", "tie", "loss", "n"):
+            s[f"{k}_{f}"] = v[f]
+    for c, metrics in report["harness"].items():
+        for m, v in metrics.items():
+            s[f"harness_{c}_{m}"] = v
+    s["gallery_prompts"] = len(report["gallery"])
+    return s
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)\n"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    text = text if text.strip() else "(empty)"
+    return "\n".join("> " + line for line in text.splitlines()) or "> (empty)"
+
+
+def render_markdown(report: dict[str, Any], tabs: dict[str, list[dict[str, Any]]], notes: dict[str, Any],
+                    gallery_stopped: dict[tuple[int, str], bool] | None = None) -> str:
+    """The human-readable report. `gallery_stopped[(id, checkpoint)]` marks replies that never
+    emitted <|end|> (the text itself stays verbatim)."""
+    gallery_stopped = gallery_stopped or {}
+    parts = ["# WikiGPT evaluation report\n",
+             f"Judge: `{notes.get('judge', '?')}`. Held-out examples: {notes.get('heldout', '?')}; "
+             f"harness on {notes.get('harness_n', '?')} closed-QA prompts, pairwise on "
+             f"{notes.get('pairwise_n', '?')} prompts. Their replies are decoded with temperature "
+             f"{notes.get('harness_temperature', '?')}, up to {notes.get('max_new_tokens', '?')} new tokens.\n",
+             "## Perplexity (held-out Wikipedia shard)\n", _table(tabs["perplexity"]),
+             "\n## Pairwise judge (position-debiased: each pair judged in both orders; disagreement counts as a tie)\n",
+             _table(tabs["pairwise"]),
+             "\n## Judge-free harness (held-out closed QA)\n", _table(tabs["harness"]),
+             "\n## Cost and time (from upstream metadata)\n", _table(tabs["cost"]),
+             "\n## Gallery (temperature 0.7, top-p 0.9; verbatim, failures included)\n"]
+    for g in report["gallery"]:
+        parts.append(f"### {g['id']}. {g['type']}\n\n**Prompt**\n\n{_quote(g['prompt'])}\n")
+        for c in CHECKPOINTS:
+            cut = "" if gallery_stopped.get((g["id"], c), True) else " _(no <|end|>: cut off at the token limit)_"
+            parts.append(f"**{c}**{cut}\n\n{_quote(g[c])}\n")
+    return "\n".join(parts)
