@@ -203,6 +203,5 @@ def load_release_model(release_dir: Path, device: str = "cpu") -> "torch.nn.Modu
         raise ConversionError(f"{weights}: tensors missing {sorted(expected - set(state))[:5]}, "
                               f"unexpected {sorted(set(state) - expected)[:5]}")
     model.load_state_dict(state, strict=True)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    assert model.lm_head.weight is model.tok_emb.weight  # still tied after loading in place
     return model.to(device).eval()

@@ -97,20 +97,39 @@ def _pct(v: Any) -> str:
 def _training_rows(lineage: dict[str, dict]) -> list[list[Any]]:
     rows = []
     for ck in CHECKPOINTS:
-        seconds = stat(lineage, ck, "seconds", "train_seconds", "wall_seconds")
-        loss = stat(lineage, ck, "final_loss", "loss", "train_loss", "loss/train")
-        val = stat(lineage, ck, "val_loss", "loss/val")
-        rows.append([ck.removesuffix("_checkpoint"), stat(lineage, ck, "steps", "max_steps"),
-                     stat(lineage, ck, "tokens", "train_tokens_seen", "tokens_seen"),
+        seconds = stat(lineage, ck, "seconds", "wall_seconds")
+        loss = stat(lineage, ck, "train_loss", "loss", "final_loss")
+        val = stat(lineage, ck, "val_loss")
+        rows.append([ck.removesuffix("_checkpoint"), stat(lineage, ck, "steps"),
+                     stat(lineage, ck, "tokens_trained", "tokens"),
                      None if seconds is None else round(float(seconds) / 3600, 3),
                      stat(lineage, ck, "gpu_hours"), stat(lineage, ck, "cost_usd"), loss, val,
-                     str(stat(lineage, ck, "device", "hardware", "gpu") or NA)])
+                     hardware_of(lineage, ck)])
     return rows
+
+
+def hardware_of(lineage: dict[str, dict], asset: str) -> str:
+    """Where a training stage ran, as its launcher recorded it."""
+    acc = stat(lineage, asset, "accelerators", "device", "hardware", "gpu")
+    backend = stat(lineage, asset, "backend")
+    if acc and backend:
+        return f"{acc} ({backend})"
+    return str(acc or backend or NA)
+
+
+def _dpo_text(lineage: dict[str, dict]) -> str:
+    acc = stat(lineage, "dpo_checkpoint", "reward_accuracy")
+    margin = stat(lineage, "dpo_checkpoint", "margin")
+    beta = stat(lineage, "dpo_checkpoint", "beta")
+    if acc is None and margin is None:
+        return ""
+    return (f"DPO (β = {fmt(beta)}) ended with implicit-reward accuracy {fmt(acc)} and margin "
+            f"{fmt(margin)} on its last logged step.\n")
 
 
 def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, lineage: dict[str, dict],
                       report: dict[str, Any], datasets: list[str], sft_data_url: str = "",
-                      preference_data_url: str = "") -> str:
+                      preference_data_url: str = "", hub_id: str = "") -> str:
     """README.md for the Hub repo: front matter plus the SPEC §5 sections."""
     L = lineage
     dump_date = stat(L, "wiki_dump", "dump_date")
@@ -122,6 +141,8 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
     costs = [stat(L, ck, "cost_usd") for ck in CHECKPOINTS]
     total_gpu_h = sum(float(g) for g in gpu_hours if g is not None) if any(g is not None for g in gpu_hours) else None
     total_cost = sum(float(c) for c in costs if c is not None) if any(c is not None for c in costs) else None
+    walls = [r[3] for r in _training_rows(L)]
+    total_wall_h = round(sum(w for w in walls if w is not None), 3) if any(w is not None for w in walls) else None
     c = model_cfg
     sections = [
         front_matter(repo_name, datasets),
@@ -145,6 +166,7 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
             ["Wikipedia dump", f"{fmt(dump_date)} ({fmt(stat(L, 'wiki_dump', 'source'))})"],
             ["dump size / sha1", f"{fmt(stat(L, 'wiki_dump', 'bytes'))} bytes / `{fmt(stat(L, 'wiki_dump', 'sha1'))}`"],
             ["pages in dump", pages],
+            ["pages read by extraction", stat(L, "cleaned_articles", "pages_seen")],
             ["articles after extraction + cleaning", stat(L, "cleaned_articles", "rows")],
             ["cleaning drops", filter_text],
             ["exact duplicates removed (SHA-1 of normalized text)", stat(L, "deduped_corpus", "exact_removed")],
@@ -158,11 +180,15 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
         "boilerplate and applies length, markup-ratio and English filters.\n",
         "## SFT and DPO data\n",
         _table(["dataset", "figure"], [
-            ["SFT examples (train)", stat(L, "sft_dataset", "train_rows", "train", "rows")],
-            ["SFT examples (held out)", stat(L, "sft_dataset", "heldout_rows", "heldout")],
+            ["SFT examples (train)", stat(L, "sft_dataset", "examples_train")],
+            ["SFT examples (held out)", stat(L, "sft_dataset", "examples_heldout")],
+            ["task mix (QA / summarize / extract)", " / ".join(
+                fmt(stat(L, "sft_dataset", f"examples_{t}")) for t in ("qa", "summarize", "extract"))],
+            ["teacher", f"{fmt(stat(L, 'sft_dataset', 'teacher_model'))} "
+                        f"({fmt(stat(L, 'sft_dataset', 'teacher_backend'))} backend)"],
             ["SFT data published at", sft_data_url or "not published (local artifact `sft_dataset`)"],
             ["preference pairs", stat(L, "preference_dataset", "pairs", "rows")],
-            ["of which false-premise contrasts", stat(L, "preference_dataset", "false_premise", "false_premise_pairs")],
+            ["of which false-premise contrasts", stat(L, "preference_dataset", "pairs_false_premise")],
             ["preference data published at", preference_data_url or "not published (local artifact `preference_dataset`)"],
         ]),
         "\nSFT data: grounded QA, summarization and extraction over Wikipedia passages, generated "
@@ -171,7 +197,10 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
         "## Training\n",
         _table(["stage", "steps", "tokens", "wall hours", "GPU hours", "cost USD", "final loss",
                 "val loss", "hardware"], _training_rows(L)),
-        f"\nTotal: {fmt(total_gpu_h)} GPU hours, {fmt(total_cost)} USD.\n",
+        f"\nTotal wall time {fmt(total_wall_h)} h; {fmt(total_gpu_h)} GPU hours and {fmt(total_cost)} USD "
+        "over the stages whose launcher recorded them (local runs record neither). "
+        f"Pretraining base val perplexity: {fmt(stat(L, 'base_checkpoint', 'val_ppl'))}.\n",
+        _dpo_text(L),
         "## Evaluation\n",
         _eval_section(report),
         "\nThe 20-prompt gallery (all three checkpoints, temperature 0.7, top-p 0.9, kept verbatim, "
@@ -181,12 +210,13 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
         "newlines around the special tokens; a prompt for generation ends with `<|assistant|>`; "
         "generation stops at `<|end|>`. The tokenizer carries this as its chat template:\n",
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        f"tok = AutoTokenizer.from_pretrained(\"{repo_name}\")\n"
-        f"model = AutoModelForCausalLM.from_pretrained(\"{repo_name}\")\n"
-        "ids = tok.apply_chat_template([{\"role\": \"user\", \"content\": \"Who was Ada Lovelace?\"}],\n"
-        "                              add_generation_prompt=True, return_tensors=\"pt\")\n"
-        "out = model.generate(ids, max_new_tokens=128)\n"
-        "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))\n```\n",
+        f"tok = AutoTokenizer.from_pretrained(\"{hub_id or repo_name}\")\n"
+        f"model = AutoModelForCausalLM.from_pretrained(\"{hub_id or repo_name}\")\n"
+        "messages = [{\"role\": \"user\", \"content\": \"Who was Ada Lovelace?\"}]\n"
+        "inputs = tok.apply_chat_template(messages, add_generation_prompt=True,\n"
+        "                                 return_tensors=\"pt\", return_dict=True)\n"
+        "out = model.generate(**inputs, max_new_tokens=128)\n"
+        "print(tok.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n```\n",
         "Or serve it: `wikigpt serve --release <this folder>` (SSE `/chat`, OpenAI-compatible "
         "`/v1/chat/completions`, and a web page at `/`).\n",
         "## Limitations\n",

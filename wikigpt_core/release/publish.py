@@ -80,14 +80,15 @@ def publish(folder: Path, target: HubTarget, commit_message: str = "WikiGPT rele
                                  commit_message=commit_message)
         log.info("uploaded release to %s", target.repo_id)
         with tempfile.TemporaryDirectory() as tmp:
-            snapshot_download(target.repo_id, repo_type="model", local_dir=tmp, token=target.token,
-                              endpoint=target.endpoint)
-            remote = sha256_files(Path(tmp))
+            copy = Path(tmp) / "release"
+            snapshot_download(target.repo_id, repo_type="model", local_dir=copy, token=target.token,
+                              endpoint=target.endpoint, cache_dir=Path(tmp) / "cache")
+            remote = sha256_files(copy)
             changed = [n for n, h in local.items() if remote.get(n) != h]
             if changed:
                 raise PublishError(f"re-downloaded {target.repo_id} differs from the local release "
                                    f"in {changed}")
-            sample = smoke_test(Path(tmp))
+            sample = smoke_test(copy)
         log.info("re-downloaded %s and generated a smoke-test reply (%d chars)", target.repo_id, len(sample))
     except PublishError:
         raise

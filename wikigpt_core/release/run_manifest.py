@@ -51,7 +51,9 @@ def hardware() -> dict[str, Any]:
 
 
 def build_run_manifest(*, profile: str, release_config: dict[str, Any], model_config: dict[str, Any],
-                       lineage: dict[str, dict], weights_sha256: str) -> dict[str, Any]:
+                       lineage: dict[str, dict], weights_sha256: str,
+                       verified_inputs: dict[str, str] | None = None) -> dict[str, Any]:
+    """`verified_inputs`: {asset: content hash computed from the directory actually read}."""
     checkpoints = {}
     for name in CHECKPOINT_ASSETS:
         entry = lineage.get(name) or {}
@@ -65,6 +67,7 @@ def build_run_manifest(*, profile: str, release_config: dict[str, Any], model_co
         "model_config": model_config,
         "weights_sha256": weights_sha256,
         "checkpoints": checkpoints,
+        "verified_inputs": verified_inputs or {},
         "assets": {name: {"content_hash": e.get("content_hash"), "stats": e.get("stats", {})}
                    for name, e in sorted(lineage.items())},
     }

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from wikigpt_core.artifacts import ArtifactWriter, StageResult
+from wikigpt_core.artifacts import ArtifactWriter, StageResult, content_hash
 from wikigpt_core.config import PROFILES, ReleaseConfig
 from wikigpt_core.model_io import config_to_dict, load_model
 from wikigpt_core.release.hf_export import HF_CONFIG, HF_WEIGHTS, llama_config, write_hf_weights
@@ -53,10 +53,32 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class LineageMismatch(ValueError):
+    """An input directory does not hold the artifact version the lineage describes."""
+
+
+def verify_inputs(dirs: dict[str, Path], lineage: dict[str, dict]) -> dict[str, str]:
+    """Hash each input dir and compare with the content hash its lineage entry records, so the
+    card's figures provably describe these exact weights, tokenizer and report."""
+    hashes = {}
+    for asset, directory in dirs.items():
+        actual = content_hash(Path(directory))
+        recorded = (lineage.get(asset) or {}).get("content_hash")
+        if recorded and recorded != actual:
+            raise LineageMismatch(
+                f"lineage says {asset} has content hash {recorded[:12]}... but {directory} hashes to "
+                f"{actual[:12]}...; the upstream changed since its metadata was recorded. "
+                f"Re-materialize {asset} (or pass its current metadata) and retry.")
+        hashes[asset] = actual
+    return hashes
+
+
 def run_release(cfg: ReleaseConfig, dpo_dir: Path, tokenizer_dir: Path, eval_dir: Path, out: Path,
                 lineage: dict[str, dict]) -> StageResult:
     """Write the release folder at `out` (atomically) and publish it when HF_REPO_ID and
     HF_TOKEN are set. Stats: params, files, bytes, published, repo_id."""
+    verified = verify_inputs({"dpo_checkpoint": dpo_dir, "tokenizer": tokenizer_dir,
+                              "eval_report": eval_dir}, lineage)
     model = load_model(dpo_dir)
     report = read_report(eval_dir)
     target = hub_target_from_env()
@@ -72,7 +94,7 @@ def run_release(cfg: ReleaseConfig, dpo_dir: Path, tokenizer_dir: Path, eval_dir
         datasets = BASE_DATASETS + [d for d in (cfg.sft_dataset_repo, cfg.preference_dataset_repo) if d]
         card = render_model_card(
             repo_name=cfg.repo_name, model_cfg=model.config, params=params, lineage=lineage,
-            report=report, datasets=datasets,
+            report=report, datasets=datasets, hub_id=target.repo_id if target else "",
             sft_data_url=f"https://huggingface.co/datasets/{cfg.sft_dataset_repo}" if cfg.sft_dataset_repo else "",
             preference_data_url=(f"https://huggingface.co/datasets/{cfg.preference_dataset_repo}"
                                  if cfg.preference_dataset_repo else ""))
@@ -81,8 +103,12 @@ def run_release(cfg: ReleaseConfig, dpo_dir: Path, tokenizer_dir: Path, eval_dir
         (w.dir / "LICENSE").write_text(_license_text(), encoding="utf-8")
         manifest = build_run_manifest(profile=_profile(out), release_config=dataclasses.asdict(cfg),
                                       model_config=config_to_dict(model.config), lineage=lineage,
-                                      weights_sha256=_sha256(w.dir / HF_WEIGHTS))
+                                      weights_sha256=_sha256(w.dir / HF_WEIGHTS), verified_inputs=verified)
         (w.dir / "run_manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        if cfg.gguf_type:
+            from wikigpt_core.release.gguf_export import export_gguf
+
+            export_gguf(w.dir, w.dir / f"{cfg.repo_name}-{cfg.gguf_type}.gguf", cfg.gguf_type)
         files = [p for p in w.dir.rglob("*") if p.is_file()]
         w.stats.update(params=params, files=len(files), bytes=sum(p.stat().st_size for p in files),
                        published=False, repo_id=target.repo_id if target else cfg.repo_name)

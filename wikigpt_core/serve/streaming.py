@@ -27,8 +27,9 @@ class IncrementalDecoder:
         return self._advance(text)
 
     def finish(self) -> str:
-        """Whatever is still held back (an invalid tail that no token will complete)."""
-        return self._advance(self._tok.decode(self.ids, skip_special_tokens=True))
+        """Final flush. A trailing partial character (generation stopped mid-character) can
+        no longer be completed and is dropped rather than sent as U+FFFD."""
+        return self._advance(self._tok.decode(self.ids, skip_special_tokens=True).rstrip(REPLACEMENT))
 
     def _advance(self, text: str) -> str:
         if text.startswith(self.emitted):

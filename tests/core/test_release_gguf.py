@@ -1,0 +1,159 @@
+"""GGUF export (optional in issue 8). llama.cpp itself is not available here, so the file is
+read back with the `gguf` package and run through a small numpy forward pass written to
+llama.cpp's llama semantics (interleaved-pair RoPE, tied output = token_embd): its logits must
+equal the core model's, which checks the tensor names, the q/k row permutation and the
+hyperparameters together."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_release_support as support  # noqa: E402
+
+from wikigpt_core.chat import CHAT_TEMPLATE  # noqa: E402
+from wikigpt_core.release.gguf_export import export_gguf, interleave_rows  # noqa: E402
+
+gguf = pytest.importorskip("gguf")
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gguf")
+    tok = support.train_tokenizer(tmp / "tok")
+    model = support.random_model(tok.vocab_size)
+    return support.build_release(tmp, model, tmp / "tok"), model, tmp
+
+
+def _field(reader, key):
+    return reader.fields[key].contents()
+
+
+def _tensors(reader) -> dict[str, np.ndarray]:
+    out = {}
+    for t in reader.tensors:
+        data = np.asarray(t.data)
+        if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            data = gguf.quants.dequantize(data, t.tensor_type)
+        out[t.name] = data.astype(np.float64)
+    return out
+
+
+def llama_cpp_forward(reader, ids: list[int]) -> np.ndarray:
+    """Logits (T, V) the way llama.cpp's `llama` architecture computes them."""
+    W = _tensors(reader)
+    n_layer = int(_field(reader, "llama.block_count"))
+    n_head = int(_field(reader, "llama.attention.head_count"))
+    eps = float(_field(reader, "llama.attention.layer_norm_rms_epsilon"))
+    base = float(_field(reader, "llama.rope.freq_base"))
+    emb = W["token_embd.weight"]
+    C = emb.shape[1]
+    hd = C // n_head
+    T = len(ids)
+
+    def norm(x, g):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g
+
+    pos = np.arange(T)[:, None]
+    theta = pos * base ** (-np.arange(0, hd, 2) / hd)  # (T, hd/2), one angle per adjacent pair
+    cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+
+    def rope(x):  # x (T, H, hd); llama.cpp NORM mode rotates pairs (2i, 2i+1)
+        a, b = x[..., 0::2], x[..., 1::2]
+        out = np.empty_like(x)
+        out[..., 0::2] = a * cos - b * sin
+        out[..., 1::2] = a * sin + b * cos
+        return out
+
+    x = emb[ids]
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        h = norm(x, W[p + "attn_norm.weight"])
+        q = rope((h @ W[p + "attn_q.weight"].T).reshape(T, n_head, hd))
+        k = rope((h @ W[p + "attn_k.weight"].T).reshape(T, n_head, hd))
+        v = (h @ W[p + "attn_v.weight"].T).reshape(T, n_head, hd)
+        att = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd) + mask
+        att = np.exp(att - att.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        y = np.einsum("hts,shd->thd", att, v).reshape(T, C)
+        x = x + y @ W[p + "attn_output.weight"].T
+        h = norm(x, W[p + "ffn_norm.weight"])
+        g = h @ W[p + "ffn_gate.weight"].T
+        x = x + (g / (1 + np.exp(-g)) * (h @ W[p + "ffn_up.weight"].T)) @ W[p + "ffn_down.weight"].T
+    return norm(x, W["output_norm.weight"]) @ emb.T
+
+
+def test_f32_gguf_runs_like_the_core_model(release):
+    rel, model, tmp = release
+    info = export_gguf(rel, tmp / "model-f32.gguf", "f32")
+    assert info["tensors"] == 2 + 9 * model.config.n_layer
+    reader = gguf.GGUFReader(tmp / "model-f32.gguf")
+    assert _field(reader, "general.architecture") == "llama"
+    assert "output.weight" not in {t.name for t in reader.tensors}  # tied head not stored
+    ids = torch.randint(0, model.config.vocab_size, (40,), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        core, _ = model(ids[None], all_logits=True)
+    ours = llama_cpp_forward(reader, ids.tolist())
+    assert np.abs(ours - core[0].double().numpy()).max() <= 1e-4
+
+
+def test_q8_0_gguf_is_close_and_small(release):
+    rel, model, tmp = release
+    f32 = export_gguf(rel, tmp / "a-f32.gguf", "f32")
+    q8 = export_gguf(rel, tmp / "a-q8.gguf", "q8_0")
+    assert q8["bytes"] < 0.45 * f32["bytes"]
+    reader = gguf.GGUFReader(tmp / "a-q8.gguf")
+    ids = list(range(4, 36))
+    with torch.no_grad():
+        core, _ = model(torch.tensor([ids]), all_logits=True)
+    ours = llama_cpp_forward(reader, ids)
+    ref = core[0].double().numpy()
+    assert np.abs(ours - ref).max() < 0.05 * np.abs(ref).max()
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_gguf_tokenizer_metadata(release):
+    rel, model, tmp = release
+    export_gguf(rel, tmp / "tok.gguf", "f16")
+    reader = gguf.GGUFReader(tmp / "tok.gguf")
+    tj = json.loads((rel / "tokenizer.json").read_text())
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    assert tokens[:4] == ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    assert all(tokens[i] == t for t, i in tj["model"]["vocab"].items())
+    types = _field(reader, "tokenizer.ggml.token_type")
+    assert types[:4] == [int(gguf.TokenType.CONTROL)] * 4 and types[4] == int(gguf.TokenType.NORMAL)
+    merges = _field(reader, "tokenizer.ggml.merges")
+    assert merges == [" ".join(m) if isinstance(m, list) else m for m in tj["model"]["merges"]]
+    assert _field(reader, "tokenizer.ggml.model") == "gpt2" and _field(reader, "tokenizer.ggml.pre") == "gpt-2"
+    assert _field(reader, "tokenizer.ggml.eos_token_id") == 3
+    assert _field(reader, "tokenizer.ggml.add_bos_token") is False
+    assert _field(reader, "tokenizer.chat_template") == CHAT_TEMPLATE
+
+
+def test_interleave_rows_turns_rotate_half_into_adjacent_pairs():
+    # One head of dim 8: HF rows [x0..x3 | y0..y3] pair (i, i+4); llama.cpp wants (2i, 2i+1).
+    w = np.arange(8)[:, None].repeat(2, 1)
+    assert interleave_rows(w, 1)[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def test_release_stage_ships_a_gguf_when_configured(release):
+    import dataclasses
+
+    from wikigpt_core.config import ReleaseConfig
+    from wikigpt_core.model_io import save_model
+    from wikigpt_core.release import run_release
+
+    rel, model, tmp = release
+    save_model(model, tmp / "dpo")
+    cfg = dataclasses.replace(ReleaseConfig(repo_name="wikigpt-tiny-instruct"), gguf_type="q8_0")
+    result = run_release(cfg, tmp / "dpo", rel, tmp / "release_eval", tmp / "tiny" / "with_gguf",
+                         support.lineage_for(tmp / "dpo", rel, tmp / "release_eval"))
+    shipped = result.path / "wikigpt-tiny-instruct-q8_0.gguf"
+    assert shipped.exists() and result.stats["files"] == 10
+    assert gguf.GGUFReader(shipped).fields["general.architecture"].contents() == "llama"

@@ -1,0 +1,307 @@
+"""`wikigpt serve` as a real process on 127.0.0.1, driven over real HTTP.
+
+Two releases: a random tiny model (concurrency, OpenAI client) and a "chain" model whose
+greedy reply is exactly "Aé🙂B" spelled in single-byte tokens, so é and 🙂 are split across
+tokens and must still stream whole.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_release_support as support  # noqa: E402
+
+from wikigpt_core.chat import render_prompt  # noqa: E402
+
+openai = pytest.importorskip("openai")
+
+CHAIN_TEXT = "Aé🙂B"
+USER = [{"role": "user", "content": "Tell me something."}]
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    tok = support.train_tokenizer(tmp / "tok")
+    chain = tok.encode(CHAIN_TEXT)
+    assert len(chain) == len(CHAIN_TEXT.encode()), "the test needs one token per byte"
+    return {
+        "chain": support.build_release(tmp, support.chain_model(tok, chain), tmp / "tok", "chain"),
+        "random": support.build_release(tmp, support.random_model(tok.vocab_size, block_scale=10), tmp / "tok", "random"),
+        "tok": tok,
+    }
+
+
+TOKEN = "s3cret-token-value"
+
+
+@pytest.fixture(scope="module")
+def servers(releases):
+    """All servers of this module, started in parallel (startup is mostly imports)."""
+    started = {
+        "chain": support.Server(releases["chain"]),
+        "random": support.Server(releases["random"]),
+        "queue1": support.Server(releases["random"], "--max-queue", "1"),
+        "token": support.Server(releases["chain"], "--token", TOKEN),
+    }
+    try:
+        for server in started.values():
+            server.wait()
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def chain_server(servers):
+    return servers["chain"]
+
+
+@pytest.fixture(scope="module")
+def random_server(servers):
+    return servers["random"]
+
+
+def sse_frames(response: httpx.Response) -> list[str]:
+    """Raw `data:` payloads of an SSE body; every event must be a single data line."""
+    body = response.text
+    assert body.endswith("\n\n")
+    events = body[:-2].split("\n\n")
+    payloads = []
+    for event in events:
+        assert event.startswith("data: ") and "\n" not in event, event
+        payloads.append(event[len("data: "):])
+    return payloads
+
+
+def chat(url: str, messages=USER, **params) -> httpx.Response:
+    return httpx.post(f"{url}/chat", json={"messages": messages, **params}, timeout=60)
+
+
+def stream_chat(url: str, messages, **params) -> list[str]:
+    deltas = []
+    with httpx.stream("POST", f"{url}/chat", json={"messages": messages, **params}, timeout=120) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                deltas.append(json.loads(line[6:])["delta"])
+    return deltas
+
+
+def test_chat_frames_follow_spec(chain_server):
+    r = chat(chain_server.url, temperature=0)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    frames = sse_frames(r)
+    assert frames[-1] == "[DONE]"
+    deltas = []
+    for payload in frames[:-1]:
+        obj = json.loads(payload)
+        assert set(obj) == {"delta"} and isinstance(obj["delta"], str) and obj["delta"]
+        deltas.append(obj["delta"])
+    assert "".join(deltas) == CHAIN_TEXT  # stops at <|end|> and never emits it
+
+
+def test_multibyte_characters_split_across_tokens_stream_intact(chain_server):
+    deltas = stream_chat(chain_server.url, USER, temperature=0)
+    # 8 tokens, but é (2 bytes) and 🙂 (4 bytes) each arrive whole, in one delta.
+    assert deltas == ["A", "é", "🙂", "B"]
+    assert not any("\ufffd" in d for d in deltas)
+
+
+def test_openai_client_streams(chain_server):
+    client = openai.OpenAI(base_url=f"{chain_server.url}/v1", api_key="unused")
+    stream = client.chat.completions.create(model="wikigpt-tiny-instruct", messages=USER,
+                                            temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    content, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            content.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(content) == CHAIN_TEXT and finish == "stop"
+    assert usage.completion_tokens == len(CHAIN_TEXT.encode()) + 1  # + the <|end|> token
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_openai_non_stream_usage_and_length_finish(chain_server, releases):
+    client = openai.OpenAI(base_url=f"{chain_server.url}/v1", api_key="unused")
+    full = client.chat.completions.create(model="x", messages=USER, temperature=0, max_tokens=20)
+    assert full.choices[0].message.content == CHAIN_TEXT and full.choices[0].finish_reason == "stop"
+    assert full.usage.prompt_tokens == len(render_prompt(USER, releases["tok"]))
+    cut = client.chat.completions.create(model="x", messages=USER, temperature=0, max_tokens=3)
+    assert cut.choices[0].message.content == "Aé" and cut.choices[0].finish_reason == "length"
+    assert cut.usage.completion_tokens == 3
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["wikigpt-tiny-instruct"]
+
+
+def test_health_and_page(chain_server):
+    health = httpx.get(f"{chain_server.url}/health").json()
+    assert health["status"] == "ok" and health["model"] == "wikigpt-tiny-instruct"
+    page = httpx.get(f"{chain_server.url}/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'fetch("/chat"' in page.text
+
+
+@pytest.mark.parametrize("body,needle", [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "system", "content": "x"}]}, "role"),
+    ({"messages": [{"role": "user", "content": 5}]}, "content"),
+    ({"messages": [{"role": "user"}]}, "content"),
+    ({"messages": USER, "temperature": 2.5}, "temperature"),
+    ({"messages": USER, "top_p": 0}, "top_p"),
+    ({"messages": USER, "max_new_tokens": 0}, "max_new_tokens"),
+    ({"messages": USER, "max_new_tokens": 769}, "max_new_tokens"),
+    ({"messages": USER, "stream": True}, "stream"),
+    ({"messages": USER + USER}, "alternate"),
+    ({"messages": USER + [{"role": "assistant", "content": "hi"}]}, "last message"),
+    ({"prompt": "hi"}, "messages"),
+    ({"messages": [{"role": "user", "content": "x" * 1_000_001}]}, "characters"),
+])
+def test_bad_chat_requests_get_422_saying_what_is_wrong(chain_server, body, needle):
+    r = httpx.post(f"{chain_server.url}/chat", json=body)
+    assert r.status_code == 422
+    assert needle in r.json()["detail"]
+
+
+@pytest.mark.parametrize("body,needle", [
+    ({"messages": [{"role": "system", "content": "be brief"}] + USER}, "system"),
+    ({"messages": USER, "n": 2}, "n"),
+    ({"messages": USER, "max_tokens": 10_000}, "max_tokens"),
+    ({"messages": USER, "stop": ["\n"]}, "stop"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "text"),
+])
+def test_bad_openai_requests_get_422(chain_server, body, needle):
+    r = httpx.post(f"{chain_server.url}/v1/chat/completions", json=body)
+    assert r.status_code == 422
+    assert needle in r.json()["error"]["message"]
+
+
+def test_invalid_json_gets_422(chain_server):
+    r = httpx.post(f"{chain_server.url}/chat", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["detail"]
+
+
+def test_long_history_is_cropped_from_the_left(chain_server):
+    long_turn = "The history of the encyclopedia began in 2001. " * 8
+    history = []
+    for _ in range(6):
+        history += [{"role": "user", "content": long_turn}, {"role": "assistant", "content": long_turn}]
+    history.append({"role": "user", "content": "Tell me something."})
+    client = openai.OpenAI(base_url=f"{chain_server.url}/v1", api_key="unused")
+    out = client.chat.completions.create(model="x", messages=history, temperature=0, max_tokens=16)
+    block = httpx.get(f"{chain_server.url}/health").json()["block_size"]
+    assert out.usage.prompt_tokens <= block - 16  # the reply still fits the context
+    assert out.choices[0].message.content == CHAIN_TEXT  # prompt still ends in <|assistant|>
+
+
+def test_concurrent_greedy_streams_match_sequential(random_server):
+    prompts = [[{"role": "user", "content": f"Question number {i}: who was Ada Lovelace?"}]
+               for i in range(8)]
+    params = {"temperature": 0, "max_new_tokens": 40}
+    sequential = ["".join(stream_chat(random_server.url, p, **params)) for p in prompts]
+    assert len(set(sequential)) > 1  # different prompts, different texts: mixing would show
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lambda p: "".join(stream_chat(random_server.url, p, **params)), prompts))
+    assert concurrent == sequential
+
+
+def test_seeded_sampling_is_reproducible_under_concurrency(random_server):
+    params = {"temperature": 1.0, "top_p": 0.9, "max_new_tokens": 30, "seed": 1234}
+    alone = "".join(stream_chat(random_server.url, USER, **params))
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda _: "".join(stream_chat(random_server.url, USER, **params)), range(4)))
+    assert together == [alone] * 4
+
+
+def test_full_queue_answers_503(servers):
+    server = servers["queue1"]  # one request may wait while one runs
+    body = {"messages": USER, "temperature": 0, "max_new_tokens": 768}
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda _: httpx.post(f"{server.url}/chat", json=body, timeout=120),
+                                  range(6)))
+    codes = sorted(r.status_code for r in responses)
+    assert 503 in codes and 200 in codes
+    busy = next(r for r in responses if r.status_code == 503)
+    assert "busy" in busy.json()["detail"]
+    texts = {r.text for r in responses if r.status_code == 200}
+    assert len(texts) == 1 and next(iter(texts)).endswith("data: [DONE]\n\n")
+
+
+def test_bearer_token(servers):
+    server = servers["token"]
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert chat(server.url).status_code == 401
+    assert httpx.post(f"{server.url}/chat", json={"messages": USER},
+                      headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = httpx.post(f"{server.url}/chat", json={"messages": USER, "temperature": 0},
+                    headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and CHAIN_TEXT in "".join(
+        json.loads(f)["delta"] for f in sse_frames(ok)[:-1])
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN)
+    reply = client.chat.completions.create(model="x", messages=USER, temperature=0, max_tokens=20)
+    assert reply.choices[0].message.content == CHAIN_TEXT
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="nope").models.list()
+    log = server.stop()
+    assert TOKEN not in log and "auth on" in log
+
+
+def test_terminal_chat_keeps_history(chain_server):
+    from wikigpt_core.serve.cli import ChatSession
+
+    session = ChatSession(chain_server.url, temperature=0)
+    first = list(session.send("Hello there"))
+    second = list(session.send("And again"))
+    assert first == ["A", "é", "🙂", "B"] and "".join(second) == CHAIN_TEXT
+    assert session.messages == [
+        {"role": "user", "content": "Hello there"}, {"role": "assistant", "content": CHAIN_TEXT},
+        {"role": "user", "content": "And again"}, {"role": "assistant", "content": CHAIN_TEXT}]
+
+
+def test_chat_main_prints_streamed_replies(chain_server):
+    out = subprocess.run([*support.wikigpt_command("chat"), "--url", chain_server.url,
+                          "--temperature", "0"], input="Hello\nSecond turn\n", capture_output=True,
+                         text=True, timeout=60, cwd=support.ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count(f"wikigpt> {CHAIN_TEXT}\n") == 2
+
+
+def test_serve_refuses_a_missing_release(tmp_path):
+    out = subprocess.run([*support.wikigpt_command("serve"), "--release", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=60, cwd=support.ROOT)
+    assert out.returncode == 2 and "no release at" in out.stderr
+
+
+def test_client_disconnect_cancels_its_generation(servers):
+    server = servers["queue1"]
+    before = httpx.get(f"{server.url}/health").json()["queue"]["cancelled"]
+    body = {"messages": USER, "temperature": 0, "max_new_tokens": 768}
+    with httpx.stream("POST", f"{server.url}/chat", json=body, timeout=60) as r:
+        next(r.iter_lines())  # the stream is running; now hang up
+    for _ in range(300):
+        health = httpx.get(f"{server.url}/health").json()["queue"]
+        if health["cancelled"] > before and not health["busy"]:
+            break
+        time.sleep(0.1)
+    assert health["cancelled"] == before + 1 and not health["busy"]
+    # The worker is free again: a new request is served normally.
+    assert chat(server.url, max_new_tokens=5, temperature=0).status_code == 200
+
+
+def test_serve_defaults_to_the_profile_release(tmp_path):
+    env = dict(__import__("os").environ, WIKIGPT_HOME=str(tmp_path), WIKIGPT_PROFILE="tiny")
+    out = subprocess.run(support.wikigpt_command("serve"), capture_output=True, text=True,
+                         timeout=60, cwd=support.ROOT, env=env)
+    assert out.returncode == 2 and str(tmp_path / "tiny" / "hf_release") in out.stderr
