@@ -39,7 +39,8 @@ _ERROR_CHARS = 4_000
 
 
 def flatten_stats(stats: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts become `a/b` keys; values are kept if JSON scalars, else JSON-encoded.
+    """Nested dicts become `a/b` keys; JSON scalars and lists are kept, anything else is
+    JSON-encoded (Pipes metadata accepts no raw dicts).
 
     Non-finite floats (NaN, inf) are turned into strings: Dagster's float metadata and JSON
     both reject them, and a NaN loss is exactly what someone needs to see.
@@ -55,9 +56,24 @@ def flatten_stats(stats: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             flat[name] = value if math.isfinite(value) else str(value)
         elif hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
             flat.update(flatten_stats({key: value.item()}, prefix=prefix))
+        elif isinstance(value, (list, tuple)):
+            # Lists (e.g. table rows) stay lists: Pipes carries them as JSON and the launcher
+            # renders a list of row dicts as a table. Round-trip through JSON to drop
+            # anything JSON cannot hold (NaN becomes a string, objects their str()).
+            flat[name] = json.loads(json.dumps(_json_safe(value), default=str))
         else:
             flat[name] = json.dumps(value, default=str)
     return {k: v for k, v in flat.items() if v is not None}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, float | int | str]:
@@ -96,6 +112,19 @@ class StageReporter:
 
     def _emit_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         print(f"[{self.stage}] {_format_metrics(metrics, step)}", flush=True)
+
+
+class SilentReporter(StageReporter):
+    """For non-zero DDP ranks: accepts the same calls and reports nothing."""
+
+    def log(self, message: str) -> None:
+        pass
+
+    def report(self, result: StageResult) -> None:
+        pass
+
+    def _emit_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        pass
 
 
 class PipesStageReporter(StageReporter):
@@ -141,6 +170,9 @@ def stage_reporter(stage: str | None = None) -> Iterator[StageReporter]:
     the connection closes, then re-raised so the process exits non-zero.
     """
     name = stage or os.path.basename(sys.argv[0]).removesuffix(".py")
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield SilentReporter(name)  # under torchrun only rank 0 speaks for the stage
+        return
     if not running_under_pipes():
         yield StageReporter(name)
         return

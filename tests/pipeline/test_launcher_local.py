@@ -39,7 +39,8 @@ FIXTURE_STAGE = textwrap.dedent('''
                         raise RuntimeError(f"fixture blew up at step {step}")
                     rep.metrics({"loss/train": 5.0 - step, "tps": 100 + step}, step)
                 (w.dir / "weights.txt").write_text("x" * a.steps)
-                w.stats.update({"steps": a.steps, "nested": {"a": 1.5}})
+                w.stats.update({"steps": a.steps, "nested": {"a": 1.5},
+                                "ppl_table": [{"ckpt": "base", "ppl": 13.8}, {"ckpt": "sft", "ppl": 14.7}]})
             rep.report(w.result)
 
     if __name__ == "__main__":
@@ -74,6 +75,8 @@ def test_metadata_and_data_version_come_from_pipes(tmp_path, fixture_stage):
     mat = res.asset_materializations_for_node("fixture_artifact")[0]
     md = {k: v.value for k, v in mat.metadata.items()}
     assert md["steps"] == 4 and md["nested/a"] == 1.5          # flattened stage stats
+    table = mat.metadata["ppl_table"]                          # row lists render as tables
+    assert isinstance(table, dg.TableMetadataValue) and table.records[1].data["ppl"] == 14.7
     assert md["last/loss/train"] == 2.0 and md["last_step"] == 3  # from the metric messages
     assert md["backend"] == "local" and md["wall_seconds"] > 0
     # The DataVersion is the child's content hash, and it matches the bytes on disk.
@@ -147,6 +150,10 @@ def test_real_tiny_pretrain_through_pipes(tmp_path, monkeypatch):
     assert md["params"] == manifest["stats"]["params"] > 0
     assert abs(md["val_loss"] - manifest["stats"]["val_loss"]) < 1e-9
     assert md["backend"] == "local"
+    # Live metrics arrived as Pipes messages while it trained: log lines and last values.
+    assert md["last_step"] == 3 and md["last/loss/train"] > 0
+    logs = [r.user_message for r in instance.all_logs(res.run_id)]
+    assert any(m.startswith("[pretrain] step 1:") and "loss/train=" in m for m in logs)
     assert mat.tags["dagster/data_version"] == manifest["content_hash"] == content_hash(out)
     assert (out / "model.safetensors").exists()
 
@@ -162,3 +169,23 @@ def test_importing_pipeline_launchers_does_not_need_skypilot():
             "assert 'sky' not in sys.modules, 'sky was imported'")
     import subprocess
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_stage_reporter_without_pipes_prints_and_never_imports_dagster(tmp_path):
+    """Outside Dagster the same CLI code just prints (a bare GPU box has no Dagster)."""
+    code = textwrap.dedent('''
+        import sys
+        from pathlib import Path
+        from wikigpt_core.artifacts import StageResult
+        from wikigpt_core.pipes_bridge import stage_reporter
+        with stage_reporter("pretrain") as rep:
+            rep.metrics({"loss/train": 2.5, "tps": 1000}, 7)
+            rep.report(StageResult(Path("/x"), "abc123", {"steps": 7, "nested": {"a": 1}}))
+        assert not any(m.startswith(("dagster", "dagster_pipes")) for m in sys.modules), sys.modules
+    ''')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    assert "[pretrain] step 7: loss/train=2.5 tps=1000" in out
+    assert '"content_hash": "abc123"' in out and '"nested/a": 1' in out

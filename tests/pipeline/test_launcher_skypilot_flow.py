@@ -1,0 +1,459 @@
+"""Control flow of the SkyPilot launcher against a fake of the SkyPilot SDK.
+
+The fake stands in for the calls that need a cloud account (launch, stream_and_get, status,
+queue, tail_logs, down, get) and nothing else: the task config the launcher builds is run for
+real by `bash` with the task's envs, with HOME pointing at a temp "remote home", so the YAML's
+`run` line, sky/run_stage.sh, the remote path rewriting, the stage CLI, Dagster Pipes over the
+log stream and the rsync of outputs (through a stand-in for `ssh <cluster>`) are all the real
+thing. What is faked is only the rented machine.
+"""
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from wikigpt_core.artifacts import content_hash, read_manifest
+from wikigpt_pipeline.launchers import ComputeLauncher
+from wikigpt_pipeline.launchers import skypilot as sky_launcher
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(shutil.which("rsync") is None,
+                                reason="rsync (Debian package) is needed to copy outputs back")
+
+FIXTURE_STAGE = textwrap.dedent('''
+    import argparse
+    from pathlib import Path
+    from wikigpt_core.artifacts import ArtifactWriter
+    from wikigpt_core.pipes_bridge import stage_reporter
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--fail-at", type=int, default=-1)
+    p.add_argument("--note", default="")
+    a = p.parse_args()
+    with stage_reporter("fixture") as rep:
+        with ArtifactWriter(a.out, stage="fixture") as w:
+            for step in range(3):
+                print(f"training step {step}", flush=True)
+                if step == a.fail_at:
+                    raise RuntimeError(f"CUDA error: fixture blew up at step {step}")
+                rep.metrics({"loss/train": 4.0 - step}, step)
+            (w.dir / "weights.bin").write_bytes(b"w" * 64)
+            w.stats["steps"] = 3
+            w.stats["note"] = a.note
+        rep.report(w.result)
+''')
+
+
+class FakeHandle:
+    class launched_resources:  # noqa: N801 - mirrors the SDK's attribute name
+        @staticmethod
+        def get_cost(seconds: float) -> float:
+            return 0.40 * seconds / 3600  # an RTX 4090 on vast at $0.40/h
+
+
+class FakeTask:
+    def __init__(self, config: dict) -> None:
+        self.config = config
+
+    @classmethod
+    def from_yaml_config(cls, config: dict) -> "FakeTask":
+        return cls(config)
+
+
+class FakeJobs:
+    """`sky.jobs`: managed jobs run on a fresh (fake) instance; recovery is SkyPilot's job."""
+
+    def __init__(self, sky: "FakeSky") -> None:
+        self.sky = sky
+        self.jobs: dict[int, dict] = {}
+
+    def launch(self, task, name=None, **kwargs):
+        self.sky.calls.append(("jobs.launch", name))
+        return ("jobs_launch", task, name)
+
+    def tail_logs(self, name=None, job_id=None, follow=True, output_stream=None, **kwargs):
+        self.sky.calls.append(("jobs.tail_logs", job_id))
+        job = self.jobs[job_id]
+        if job["status"] not in ("SUCCEEDED", "FAILED"):
+            self.sky._run(job)
+        output_stream.write(job["log"])
+        return 0 if job["status"] == "SUCCEEDED" else 100
+
+    def queue(self, refresh, skip_finished=False, **kwargs):
+        self.sky.calls.append(("jobs.queue",))
+        return ("jobs_queue", skip_finished)
+
+    def cancel(self, name=None, job_ids=None, **kwargs):
+        self.sky.calls.append(("jobs.cancel", tuple(job_ids or ())))
+        return ("jobs_cancel", job_ids)
+
+
+class FakeSky:
+    """The SDK calls the launcher makes. Requests are tuples resolved by get/stream_and_get;
+    a job runs (synchronously, for real) when its log is tailed with follow=True."""
+
+    Task = FakeTask
+
+    def __init__(self, remote_home: Path) -> None:
+        self.remote_home = remote_home
+        self.calls: list[tuple] = []
+        self.clusters: dict[str, dict] = {}
+        self.job_ids = itertools.count(1)
+        self.tail_error: BaseException | None = None  # raised by the next tail_logs
+        self.down_error: BaseException | None = None  # raised by the next down
+        self.serve_at: str | None = None  # host:port the "remote" teacher answers on
+        self.jobs = FakeJobs(self)
+
+    # -- request plumbing
+    def get(self, request):
+        kind, *args = request
+        return getattr(self, f"_do_{kind}")(*args)
+
+    stream_and_get = get
+
+    # -- SDK surface
+    def launch(self, task, cluster_name=None, **kwargs):
+        self.calls.append(("launch", cluster_name))
+        return ("launch", task, cluster_name)
+
+    def status(self, cluster_names=None, **kwargs):
+        self.calls.append(("status", tuple(cluster_names or ())))
+        return ("status", cluster_names)
+
+    def queue(self, cluster_name, **kwargs):
+        self.calls.append(("queue", cluster_name))
+        return ("queue", cluster_name)
+
+    def down(self, cluster_name, **kwargs):
+        self.calls.append(("down", cluster_name))
+        if self.down_error is not None:
+            err, self.down_error = self.down_error, None
+            raise err
+        return ("down", cluster_name)
+
+    def tail_logs(self, cluster_name, job_id, follow, tail=0, output_stream=None):
+        self.calls.append(("tail_logs", cluster_name, job_id))
+        if self.tail_error is not None:
+            err, self.tail_error = self.tail_error, None
+            raise err
+        job = self.clusters[cluster_name]["jobs"][job_id]
+        if job["status"] not in ("SUCCEEDED", "FAILED"):
+            self._run(job)
+        output_stream.write(job["log"])
+        return 0 if job["status"] == "SUCCEEDED" else 100
+
+    def endpoints(self, cluster, port=None):
+        self.calls.append(("endpoints", cluster, port))
+        return ("endpoints", cluster, port)
+
+    def _do_endpoints(self, cluster, port):
+        return {port: self.clusters[cluster]["endpoint"]} if cluster in self.clusters else {}
+
+    # -- request bodies
+    def _do_launch(self, task, cluster_name):
+        cluster = self.clusters.setdefault(cluster_name, {"status": "UP", "jobs": {}})
+        for remote, local in (task.config.get("file_mounts") or {}).items():
+            dest = self.remote_home / remote.removeprefix("~/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if Path(local).is_dir() else shutil.copyfile)(local, dest)
+        job_id = next(self.job_ids)
+        cluster["jobs"][job_id] = {"status": "PENDING", "task": task, "log": ""}
+        cluster["endpoint"] = self.serve_at  # where a served task (the teacher) answers
+        if "vllm serve" in task.config.get("run", ""):  # a server: running until downed
+            cluster["jobs"][job_id]["status"] = "RUNNING"
+        return job_id, FakeHandle()
+
+    def _do_jobs_launch(self, task, name):
+        job_id = next(self.job_ids)
+        self.jobs.jobs[job_id] = {"status": "PENDING", "task": task, "log": "", "name": name}
+        return [job_id], None
+
+    def _do_jobs_queue(self, skip_finished):
+        return [{"job_id": i, "job_name": j["name"], "status": j["status"]}
+                for i, j in self.jobs.jobs.items()
+                if not (skip_finished and j["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"))]
+
+    def _do_jobs_cancel(self, job_ids):
+        for i in job_ids:
+            if self.jobs.jobs[i]["status"] not in ("SUCCEEDED", "FAILED"):
+                self.jobs.jobs[i]["status"] = "CANCELLED"
+
+    def _do_status(self, names):
+        return [{"name": n, "status": c["status"], "handle": FakeHandle()}
+                for n, c in self.clusters.items() if not names or n in names]
+
+    def _do_queue(self, cluster_name):
+        return [{"job_id": i, "status": j["status"]}
+                for i, j in self.clusters[cluster_name]["jobs"].items()]
+
+    def _do_down(self, cluster_name):
+        self.clusters.pop(cluster_name, None)
+
+    def _run(self, job) -> None:
+        cfg = job["task"].config
+        env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               "HOME": str(self.remote_home),
+               "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO))}
+        env.update(cfg["envs"])
+        env.update({k: v for k, v in cfg["secrets"].items() if v})
+        proc = subprocess.run(["bash", "-c", cfg["run"]], cwd=cfg["workdir"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        job["log"] = "".join(f"(task, pid=4242) {line}\n" for line in proc.stdout.splitlines())
+        job["status"] = "SUCCEEDED" if proc.returncode == 0 else "FAILED"
+
+    def launched(self) -> int:
+        return sum(1 for c in self.calls if c[0] == "launch")
+
+
+@pytest.fixture()
+def remote(tmp_path, monkeypatch):
+    """A fake SkyPilot, a fake remote home, and an `ssh <cluster> cmd` stand-in for rsync."""
+    home = tmp_path / "remote_home"
+    home.mkdir()
+    fake = FakeSky(home)
+    monkeypatch.setattr(sky_launcher, "load_sky", lambda: fake)
+    fake_ssh = tmp_path / "fake_ssh"
+    fake_ssh.write_text(f'#!/bin/sh\nshift\ncd "{home}" && exec sh -c "$*"\n')
+    fake_ssh.chmod(0o755)
+    pkgs = tmp_path / "pkgs" / "wg_fixture"
+    pkgs.mkdir(parents=True)
+    (pkgs / "__init__.py").write_text("")
+    (pkgs / "stage.py").write_text(FIXTURE_STAGE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(pkgs.parent), str(REPO)]))
+    monkeypatch.setenv("HF_TOKEN", "hf_test_secret_value")
+    monkeypatch.delenv("WIKIGPT_CONFIG", raising=False)
+    sky_dir = tmp_path / "sky"
+    sky_dir.mkdir()
+    # The fixture task is the real pretrain task with only the stage module swapped.
+    text = (REPO / "sky" / "pretrain.yaml").read_text()
+    (sky_dir / "fixture.yaml").write_text(
+        text.replace("run_stage.sh wikigpt_core.pretrain", "run_stage.sh wg_fixture.stage"))
+    shutil.copy(REPO / "sky" / "pretrain.yaml", sky_dir / "pretrain.yaml")
+    launcher = ComputeLauncher(backend="skypilot", sky_dir=str(sky_dir), rsync_ssh=str(fake_ssh),
+                               env={"WANDB_MODE": "disabled"})
+    return fake, launcher
+
+
+def _materialize(asset, launcher, **kwargs):
+    instance = dg.DagsterInstance.ephemeral()
+    return dg.materialize([asset], resources={"launcher": launcher}, instance=instance,
+                          raise_on_error=False, **kwargs), instance
+
+
+def _fixture_asset(out: Path, extra_args=(), retry_policy=None):
+    @dg.asset(name="fixture_checkpoint", retry_policy=retry_policy)
+    def fixture_checkpoint(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+        return launcher.run_stage(context, "fixture", ["--out", str(out), *extra_args], [out])
+
+    return fixture_checkpoint
+
+
+def test_success_streams_pipes_over_the_log_and_rsyncs_outputs_back(tmp_path, remote):
+    fake, launcher = remote
+    out = tmp_path / "local_home" / "fixture_checkpoint"
+    note = "it's a \"quoted\" note; $HOME `whoami` ~/x * | rm -rf /nothing"
+    res, instance = _materialize(_fixture_asset(out, ["--note", note]), launcher)
+    assert res.success
+    md = {k: v.value for k, v in res.asset_materializations_for_node("fixture_checkpoint")[0]
+          .metadata.items()}
+    assert md["steps"] == 3 and md["last/loss/train"] == 2.0     # from Pipes messages in the log
+    assert md["note"] == note            # survived shell quoting through the remote `eval`
+    assert md["backend"] == "skypilot" and md["cluster"].startswith("wikigpt-fixture-")
+    assert md["hourly_price_usd"] == 0.4 and md["cost_usd"] >= 0 and md["gpu_hours"] >= 0
+    # The artifact came back byte-identical to what the "remote" stage hashed.
+    assert md["content_hash"] == content_hash(out) == read_manifest(out)["content_hash"]
+    assert [c[0] for c in fake.calls] == ["status", "launch", "tail_logs", "down"]
+    assert fake.clusters == {}
+    logs = "\n".join(r.user_message for r in instance.all_logs(res.run_id))
+    assert "[fixture] step 1: loss/train=3" in logs                # live metric lines
+    assert "hf_test_secret_value" not in logs                      # secrets never logged
+
+
+def test_failure_mid_run_tears_down_and_quotes_the_remote_log(tmp_path, remote):
+    fake, launcher = remote
+    out = tmp_path / "fixture_checkpoint"
+    res, _ = _materialize(_fixture_asset(out, ["--fail-at", "1"]), launcher)
+    assert not res.success
+    err = res.get_step_failure_events()[0].step_failure_data.error.cause
+    assert err.cls_name == "StageLaunchError"
+    assert "exit code 100" in err.message
+    assert "training step 1" in err.message                        # tail of the remote log
+    assert "RuntimeError: CUDA error: fixture blew up at step 1" in err.message
+    assert ("down", md_cluster(fake)) in fake.calls and fake.clusters == {}
+    assert not out.exists()
+
+
+def test_sdk_error_while_following_still_tears_down(tmp_path, remote):
+    fake, launcher = remote
+    fake.tail_error = ConnectionError("lost the API server mid-run")
+    res, _ = _materialize(_fixture_asset(tmp_path / "o"), launcher)
+    assert not res.success
+    assert "lost the API server" in res.get_step_failure_events()[0].step_failure_data.error.cause.message
+    assert [c[0] for c in fake.calls][-1] == "down" and fake.clusters == {}
+
+
+def test_retry_reattaches_to_the_live_cluster_instead_of_launching_again(tmp_path, remote):
+    """Attempt 1 loses the SDK mid-run and cannot tear down either (the cluster stays up);
+    the retry finds the run's cluster UP with the job still going and follows it."""
+    fake, launcher = remote
+    fake.tail_error = ConnectionError("lost the API server mid-run")
+    fake.down_error = ConnectionError("still no API server")
+    out = tmp_path / "fixture_checkpoint"
+    asset = _fixture_asset(out, retry_policy=dg.RetryPolicy(max_retries=1))
+    res, instance = _materialize(asset, launcher)
+    assert res.success
+    assert fake.launched() == 1                                    # no second cluster
+    tails = [c for c in fake.calls if c[0] == "tail_logs"]
+    assert len(tails) == 2 and tails[0][1:] == tails[1][1:]        # same cluster, same job
+    assert fake.clusters == {}                                     # torn down after success
+    md = {k: v.value for k, v in res.asset_materializations_for_node("fixture_checkpoint")[0]
+          .metadata.items()}
+    assert md["steps"] == 3 and md["content_hash"] == content_hash(out)
+    logs = "\n".join(r.user_message for r in instance.all_logs(res.run_id))
+    assert "re-attaching to job 1" in logs and "teardown of" in logs
+
+
+def test_real_pretrain_task_yaml_end_to_end(tmp_path, remote):
+    """The shipped sky/pretrain.yaml + run_stage.sh + the real pretrain CLI on tiny inputs."""
+    fake, launcher = remote
+    shards = tmp_path / "token_shards"
+    shards.mkdir()
+    rng = np.random.default_rng(0)
+    rng.integers(0, 4096, 8_000, dtype=np.uint16).tofile(shards / "train.bin")
+    rng.integers(0, 4096, 2_000, dtype=np.uint16).tofile(shards / "val.bin")
+    (shards / "meta.json").write_text('{"vocab_size": 4096, "dtype": "uint16"}')
+    toml = tmp_path / "tiny.toml"
+    toml.write_text('[pretrain]\nmax_steps = 2\nbatch_size = 2\nseq_len = 64\nwarmup_steps = 1\n'
+                    'eval_iters = 1\nlog_interval = 1\ncompile = "off"\n')
+    os.environ["WIKIGPT_CONFIG"] = str(toml)  # uploaded to the remote through file_mounts
+    out, work = tmp_path / "base_checkpoint", tmp_path / "_work" / "base_checkpoint"
+    args = ["--shards", str(shards), "--out", str(out), "--work", str(work), "--device", "cpu"]
+
+    @dg.asset(name="base_checkpoint")
+    def base_checkpoint(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+        return launcher.run_stage(context, "pretrain", args, [out])
+
+    try:
+        res, _ = _materialize(base_checkpoint, launcher)
+    finally:
+        del os.environ["WIKIGPT_CONFIG"]
+    assert res.success, res.get_step_failure_events()[0].step_failure_data.error.cause.message
+    md = {k: v.value for k, v in res.asset_materializations_for_node("base_checkpoint")[0]
+          .metadata.items()}
+    assert md["steps"] == 2                                  # the TOML override reached the remote
+    assert md["last_step"] == 2 and md["last/loss/train"] > 0    # live metrics over the log
+    assert md["content_hash"] == content_hash(out)
+    assert (out / "model.safetensors").exists()
+    assert (fake.remote_home / "wikigpt_io" / "in" / "token_shards" / "train.bin").exists()
+
+
+def md_cluster(fake) -> str:
+    return next(c[1] for c in fake.calls if c[0] == "launch")
+
+
+# --- the teacher endpoint --------------------------------------------------------------------
+
+class _ModelsHandler(__import__("http.server").server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        ok = self.path == "/v1/models" and self.headers.get("Authorization") == "Bearer k-123"
+        self.send_response(200 if ok else 401)
+        self.end_headers()
+        self.wfile.write(b'{"data": [{"id": "Qwen/Qwen2.5-7B-Instruct"}]}' if ok else b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_teacher_endpoint_serves_then_always_tears_down(remote, monkeypatch):
+    """sky/teacher.yaml is launched, its endpoint polled over real HTTP until vLLM's
+    /v1/models answers (with the API key), yielded, and downed when the block exits."""
+    import http.server
+    import threading
+
+    fake, launcher = remote
+    shutil.copy(REPO / "sky" / "teacher.yaml", Path(launcher.sky_dir) / "teacher.yaml")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ModelsHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    fake.serve_at = f"127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("WIKIGPT_TEACHER_API_KEY", "k-123")
+    seen = {}
+
+    @dg.asset(name="sft_dataset")
+    def sft_dataset(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+        with launcher.teacher_endpoint(context) as url:
+            import httpx
+
+            seen["url"] = url
+            seen["models"] = httpx.get(f"{url}/models",
+                                       headers={"Authorization": "Bearer k-123"}).json()
+            task = next(iter(fake.clusters.values()))["jobs"][1]["task"]
+            seen["secret"] = task.config["secrets"]["VLLM_API_KEY"]
+            raise RuntimeError("generation failed halfway")
+
+    try:
+        res, _ = _materialize(sft_dataset, launcher)
+    finally:
+        server.shutdown()
+    assert not res.success                                     # the block's error propagates
+    assert seen["url"] == f"http://{fake.serve_at}/v1"
+    assert seen["models"]["data"][0]["id"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert seen["secret"] == "k-123"                            # a secret, not an env
+    assert [c[0] for c in fake.calls][-1] == "down" and fake.clusters == {}
+
+
+def test_teacher_refuses_to_serve_without_an_api_key(remote, monkeypatch):
+    fake, launcher = remote
+    monkeypatch.delenv("WIKIGPT_TEACHER_API_KEY", raising=False)
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+
+    @dg.asset(name="sft_dataset")
+    def sft_dataset(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+        with launcher.teacher_endpoint(context):
+            pass
+
+    res, _ = _materialize(sft_dataset, launcher)
+    assert not res.success and fake.launched() == 0
+    assert "WIKIGPT_TEACHER_API_KEY" in res.get_step_failure_events()[0].step_failure_data.error.cause.message
+
+
+def test_spot_without_durable_storage_is_refused_before_renting(tmp_path, remote):
+    fake, launcher = remote
+    spot = ComputeLauncher(**{**launcher.model_dump(), "use_spot": True, "hub_repo": None})
+    res, _ = _materialize(_fixture_asset(tmp_path / "o"), spot)
+    assert not res.success and fake.calls == []
+    assert "hub_repo" in res.get_step_failure_events()[0].step_failure_data.error.cause.message
+
+
+# --- managed (spot) jobs ---------------------------------------------------------------------
+
+def test_spot_runs_as_a_managed_job_and_outputs_come_back_through_durable_storage(tmp_path, remote):
+    """use_spot: sky.jobs.launch, follow sky.jobs.tail_logs, outputs pushed by run_stage.sh to
+    the durable store (a file:// store stands in for the HF Hub) and pulled back from there."""
+    fake, launcher = remote
+    hub = tmp_path / "hub"
+    spot = ComputeLauncher(**{**launcher.model_dump(), "use_spot": True,
+                              "hub_repo": f"file://{hub}",
+                              "rsync_ssh": "/bin/false"})  # any rsync attempt would fail
+    out = tmp_path / "fixture_checkpoint"
+    res, _ = _materialize(_fixture_asset(out), spot)
+    assert res.success, res.get_step_failure_events()[0].step_failure_data.error.cause.message
+    kinds = [c[0] for c in fake.calls]
+    assert kinds == ["jobs.queue", "jobs.launch", "jobs.tail_logs", "jobs.cancel"]
+    assert "launch" not in kinds and "down" not in kinds         # no plain cluster involved
+    md = {k: v.value for k, v in res.asset_materializations_for_node("fixture_checkpoint")[0]
+          .metadata.items()}
+    assert md["backend"] == "skypilot-spot" and md["steps"] == 3
+    assert md["content_hash"] == content_hash(out)
+    cluster = md["cluster"]
+    assert (hub / "runs" / cluster / "out" / "fixture_checkpoint" / "weights.bin").exists()
+    job = next(iter(fake.jobs.jobs.values()))
+    assert job["task"].config["resources"]["use_spot"] is True
+    assert job["task"].config["envs"]["WIKIGPT_HUB_PREFIX"] == f"runs/{cluster}"
