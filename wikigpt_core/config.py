@@ -64,8 +64,8 @@ class DedupConfig:
     confirmed by its exact shingle Jaccard >= `threshold`."""
     workers: int = 0
     """Hashing processes; 0 = one per CPU core."""
-    batch_docs: int = 2_000
-    """Documents per hashing task."""
+    batch_docs: int = 500
+    """Documents per hashing task (bounds a worker's memory)."""
 
 
 @dataclass

@@ -103,7 +103,8 @@ def _report(settings, ppl, stopped):
 
 
 def test_sft_perplexity(settings):
-    _report(settings, {"base": 14.0, "sft": 30.0, "dpo": 31.0}, 1.0)
+    limit = settings.eval.sft_ppl_limit
+    _report(settings, {"base": 14.0, "sft": limit + 1, "dpo": limit + 2}, 1.0)
     result = run_check(settings, "sft_no_catastrophic_forgetting")
     assert not result.passed and result.severity == dg.AssetCheckSeverity.ERROR
     _report(settings, {"base": 14.0, "sft": 16.5, "dpo": 17.0}, 1.0)  # > base + 15 %
