@@ -70,8 +70,8 @@ def test_stale_only_rerun_story(materialized, tmp_path):
     passes = _passes(run.stdout)
     assert passes[0] == ["cleaned_articles"]
     rerun = {k for p in passes for k in p}
-    downstream = {k.to_user_string() for k in
-                  changed.resolve_asset_graph().get_descendants(dg.AssetKey("cleaned_articles"))}
+    downstream = {k.to_user_string() for k in dg.AssetSelection.assets("cleaned_articles")
+                  .downstream().resolve(changed.resolve_asset_graph())}
     assert rerun <= downstream and "wiki_dump" not in rerun
     assert len(passes) > 1  # fewer rows → new data → the next layer went stale and re-ran
     assert _not_fresh(instance, changed) == []

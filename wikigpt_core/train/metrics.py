@@ -46,9 +46,13 @@ class MetricLogger:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._wandb = None
+        self.wandb_run: str | None = None
+        """Where to find this run in W&B: its URL when online, its local offline-run dir
+        otherwise (`wandb sync <dir>` uploads it later)."""
         mode = os.environ.get("WANDB_MODE", "offline")
         if wandb_dir is not None and mode != "disabled":
             self._wandb = _init_wandb(Path(wandb_dir), mode, wandb_project, run_name, run_id, config)
+            self.wandb_run = getattr(self._wandb, "url", None) or str(Path(self._wandb.dir).parent)
 
     def resume(self, resume_step: int | None) -> None:
         """Called once the run knows where it starts: a fresh run (None) drops an old log; a

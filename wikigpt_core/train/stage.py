@@ -63,6 +63,8 @@ def run_training(stage: str, *, model: torch.nn.Module, objective, data, train_c
             if tokenizer_dir is not None:  # a checkpoint that carries its tokenizer is self-contained
                 shutil.copyfile(Path(tokenizer_dir) / TOKENIZER_FILE, w.dir / TOKENIZER_FILE)
             w.stats.update(stats)
+            if logger.wandb_run:  # manifest only: the offline dir name has a timestamp, the bytes must not
+                w.stats["wandb_run"] = logger.wandb_run
         result = w.result
         ckpt.clear()
     runtime.barrier()
