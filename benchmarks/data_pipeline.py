@@ -166,7 +166,7 @@ def build_dumps(workdir: Path, copies: int) -> dict[str, dict]:
     out = {}
     for label, n in (("1x", max(1, copies // 10)), ("10x", copies)):
         d = workdir / f"dump-{label}"
-        name = f"enwiki-20990101-pages-articles-multistream"
+        name = "enwiki-20990101-pages-articles-multistream"
         xml, index = d / f"{name}.xml.bz2", d / f"{name}-index.txt.bz2"
         meta = d / "build.json"
         if not meta.exists():

@@ -2,7 +2,6 @@
 the tiny profile and the embedded sample, in a temp WIKIGPT_HOME with a temp Dagster instance."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -83,7 +83,7 @@ class ArtifactWriter:
             "stage": self.stage,
             "content_hash": digest,
             "created_unix": round(time.time(), 3),
-            "seconds": round(time.time() - self._t0, 3),
+            "write_seconds": round(time.time() - self._t0, 3),  # the stage's own time is in stats
             "config": self.config,
             "inputs": self.inputs,
             "stats": self.stats,

@@ -12,7 +12,6 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 
-from wikigpt_core.artifacts import read_manifest
 from wikigpt_core.config import Settings, artifact_dir
 
 # Near-duplicates in Wikipedia are rare: removing more than this share signals a broken dedup.

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from wikigpt_core.artifacts import content_hash, read_manifest
-from wikigpt_pipeline.launchers import ComputeLauncher, StageLaunchError
+from wikigpt_pipeline.launchers import ComputeLauncher
 
 REPO = Path(__file__).resolve().parents[2]
 

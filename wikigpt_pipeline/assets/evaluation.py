@@ -23,8 +23,7 @@ def build(settings: Settings) -> list[dg.AssetsDefinition]:
         harness and the 20-prompt gallery, for base, SFT and DPO."""
         # Upstream figures (time, GPU hours, cost) for the report's cost table.
         upstream = io.work / "upstream.json"
-        atomic_write_json(upstream, {name: {"seconds": m["seconds"], **m["stats"]}
-                                     for name in DEPS for m in [io.manifest(name)]})
+        atomic_write_json(upstream, {name: io.manifest(name)["stats"] for name in DEPS})
         sft = io.input("sft_checkpoint")
         return io.launch(context, "evaluate", {
             "--base": io.input("base_checkpoint"), "--sft": sft, "--dpo": io.input("dpo_checkpoint"),
