@@ -78,7 +78,7 @@ def test_stale_only_rerun_story(materialized, tmp_path):
 
     # 5. A dump edit the cleaning filters away (a redirect page): wiki_dump and
     #    cleaned_articles rerun, cleaned_articles writes identical bytes, the rest stays fresh.
-    sample = next(materialized.artifact("wiki_dump").glob("*.xml.bz2"))
+    sample = next(materialized.artifact("wiki_dump").glob("*.bz2"))
     dump = tmp_path / "enwiki-edited-pages-articles.xml.bz2"
     dump.write_bytes(_redirect_edited(sample.read_bytes()))
     env["WIKIGPT_DUMP"] = str(dump)
