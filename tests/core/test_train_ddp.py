@@ -11,32 +11,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tests.core.train_support import result_stats, make_shards, make_tokenizer
+from tests.core.train_support import make_shards, make_tokenizer, micro_toml, result_stats
 
 ROOT = Path(__file__).parents[2]
-TOML = """
-[model]
-vocab_size = {vocab}
-block_size = 64
-n_layer = 2
-n_head = 2
-n_embd = 32
-mlp_multiple_of = 16
-[tokenizer]
-vocab_size = {vocab}
-[pretrain]
-max_steps = 4
-batch_size = 4
-grad_accum = 4
-lr = 3e-3
-warmup_steps = 1
-eval_interval = 4
-eval_iters = 1
-sample_interval = 1000
-ckpt_interval = 2
-log_interval = 1
-compile = "off"
-"""
+PRETRAIN = dict(max_steps=4, batch_size=4, grad_accum=4, lr=3e-3, warmup_steps=1, eval_interval=4,
+                eval_iters=1, sample_interval=1000, ckpt_interval=2, log_interval=1, compile="off")
 
 
 def run(cmd: list[str], tmp: Path, name: str) -> dict:
@@ -51,7 +30,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     tok = make_tokenizer(tmp_path / "tok")
     shards = make_shards(tmp_path / "shards", tok)
     conf = tmp_path / "cfg.toml"
-    conf.write_text(TOML.format(vocab=tok.vocab_size))
+    conf.write_text(micro_toml(tok.vocab_size, **PRETRAIN))
     stage = ["-m", "wikigpt_core.pretrain", "--shards", str(shards), "--config", str(conf)]
     single = run([sys.executable, *stage], tmp_path, "single")
     ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.core.train_support import result_stats, make_shards, make_tokenizer, micro_model, micro_train, single_thread  # noqa: F401 (fixture)
+from tests.core.train_support import result_stats, make_shards, make_tokenizer, micro_model, micro_toml, micro_train, single_thread  # noqa: F401 (fixture)
 from wikigpt_core.pretrain import run_pretrain
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -113,36 +113,15 @@ def test_changed_config_does_not_resume(tmp_path, shards):
     assert not any((work / k).exists() for k in old_keys)  # the stale run's checkpoints are gone
 
 
-TOML = """
-[model]
-vocab_size = {vocab}
-block_size = 64
-n_layer = 2
-n_head = 2
-n_embd = 32
-mlp_multiple_of = 16
-[tokenizer]
-vocab_size = {vocab}
-[pretrain]
-max_steps = {steps}
-batch_size = 4
-grad_accum = 2
-lr = 3e-3
-warmup_steps = 2
-eval_interval = 100
-eval_iters = 1
-sample_interval = 1000
-ckpt_interval = 2
-log_interval = 1
-compile = "off"
-"""
+PRETRAIN = dict(batch_size=4, grad_accum=2, lr=3e-3, warmup_steps=2, eval_interval=100, eval_iters=1,
+                sample_interval=1000, ckpt_interval=2, log_interval=1, compile="off")
 
 
 def test_sigkill_then_restart_continues_from_last_checkpoint(tmp_path, shards):
     shards_dir, vocab = shards
     steps = 40
     conf = tmp_path / "cfg.toml"
-    conf.write_text(TOML.format(vocab=vocab, steps=steps))
+    conf.write_text(micro_toml(vocab, max_steps=steps, **PRETRAIN))
     work, out = tmp_path / "work", tmp_path / "out"
     cmd = [sys.executable, "-m", "wikigpt_core.pretrain", "--shards", str(shards_dir), "--config", str(conf),
            "--out", str(out), "--work", str(work), "--device", "cpu"]

@@ -95,6 +95,18 @@ def micro_train(**over) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def micro_toml(vocab_size: int, **pretrain) -> str:
+    """A WIKIGPT_CONFIG file for the stage CLIs: the `micro_model` shape plus `pretrain` values."""
+    model = micro_model(vocab_size)
+    shape = {f: getattr(model, f) for f in
+             ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_multiple_of")}
+
+    def table(name: str, values: dict) -> str:
+        return f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+    return table("model", shape) + table("tokenizer", {"vocab_size": vocab_size}) + table("pretrain", pretrain)
+
+
 @pytest.fixture(autouse=False)
 def single_thread():
     """Tiny models run fastest on one intra-op thread (OpenMP overhead dominates, worse on a
