@@ -44,17 +44,19 @@ class StageIO:
         read_manifest(path)  # raises FileNotFoundError naming the asset to materialize
         return path
 
-    def manifest(self, dep: str) -> dict[str, Any]:
-        return read_manifest(artifact_dir(self.settings, dep))
+    def manifest(self, asset: str) -> dict[str, Any]:
+        """Any upstream asset's manifest (stats, content hash), for lineage figures."""
+        return read_manifest(artifact_dir(self.settings, asset))
 
     def launch(self, context: dg.AssetExecutionContext, stage: str, inputs: dict[str, Path],
-               extra: tuple[str, ...] = (), resumable: bool = True) -> dg.MaterializeResult:
+               resumable: bool = True) -> dg.MaterializeResult:
         """Run `python -m wikigpt_core.<stage>` through the `launcher` resource (a local
         subprocess or a rented GPU), over Dagster Pipes. `inputs` maps CLI flags to upstream
-        artifact dirs; `resumable` stages also get their --work scratch dir. The artifact that comes back must hash to the DataVersion the stage
-        reported, so a partial copy can never be recorded as the materialization."""
+        artifact dirs; `resumable` stages also get their --work scratch dir. The artifact that
+        comes back must hash to the DataVersion the stage reported, so a partial copy can never
+        be recorded as the materialization."""
         args = [a for flag, path in inputs.items() for a in (flag, str(path))]
-        args += ["--out", str(self.out), "--profile", self.settings.profile, *extra]
+        args += ["--out", str(self.out), "--profile", self.settings.profile]
         if resumable:  # stages with resumable scratch (training) take a --work dir
             args += ["--work", str(self.work)]
         result = context.resources.launcher.run_stage(context, stage, args, [self.out])
@@ -64,13 +66,6 @@ class StageIO:
             raise RuntimeError(f"{self.name}: artifact at {self.out} hashes to {local[:12]}, but the "
                                f"stage reported {str(reported)[:12]}; rerun the asset")
         return result
-
-    def metrics_logger(self, context: dg.AssetExecutionContext) -> Callable[[dict, int], None]:
-        def log(metrics: dict, step: int) -> None:
-            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in metrics.items())
-            context.log.info(f"step {step}: {shown}")
-        return log
 
 
 def code_version(settings: Settings, version: str, sections: tuple[str, ...], extra: str = "") -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from wikigpt_core.artifacts import read_manifest
-from wikigpt_core.config import Settings, artifact_dir
+from wikigpt_core.config import Settings
 from wikigpt_pipeline import previews
 from wikigpt_pipeline.factory import StageIO, stage_asset
 
@@ -24,10 +23,8 @@ def build(settings: Settings) -> list[dg.AssetsDefinition]:
         generation config, model card, gallery, run manifest, license."""
         from wikigpt_core.release import run_release
 
-        lineage = {}
-        for name in LINEAGE:
-            manifest = read_manifest(artifact_dir(settings, name))
-            lineage[name] = {"stats": manifest["stats"], "content_hash": manifest["content_hash"]}
+        lineage = {name: {"stats": m["stats"], "content_hash": m["content_hash"]}
+                   for name in LINEAGE for m in [io.manifest(name)]}
         return run_release(settings.release, io.input("dpo_checkpoint"), io.input("tokenizer"),
                            io.input("eval_report"), io.out, lineage)
 
