@@ -25,7 +25,8 @@ PROFILES = ("tiny", "124m", "350m")
 class DumpConfig:
     source: str = "sample"
     """`sample` (the enwiki sample inside the gensim wheel), a local .xml.bz2 path, or a dump
-    name such as `enwiki/20261101` fetched from `base_url`."""
+    name such as `enwiki/20261101` fetched from `base_url`; `<wiki>/latest` (e.g.
+    `dewiki/latest`) means the newest dump whose multistream files the dump site reports done."""
     base_url: str = "https://dumps.wikimedia.org"
     """Dump site or mirror used for dump names."""
 
@@ -36,9 +37,14 @@ class CleanConfig:
     """Articles with fewer characters of plain text than this are dropped as too short."""
     max_markup_ratio: float = 0.02
     """Drop articles where leftover markup characters ({|}[]<>=) exceed this share of text."""
-    min_english_ratio: float = 0.2
-    """Minimum share of tokens that are common English stopwords (language heuristic). English
-    articles in the sample score 0.32-0.49, German/French prose below 0.1."""
+    language: str = ""
+    """Target language (ISO 639-1 code, e.g. `de`) the corpus is filtered for; empty = the
+    dump's own (`dewiki/...` → de, `simplewiki` → en, `sample` → en, else the dump's
+    <siteinfo> or `<lang>wiki-` file name). Later stages (teacher templates, model card) follow
+    what cleaning wrote into its artifact."""
+    min_language_prob: float = 0.5
+    """Drop articles whose first 1,000 characters py3langid gives less than this probability of
+    being in the target language (English sample articles score > 0.99); 0 = no language check."""
     row_group_size: int = 10_000
     """Parquet rows per row group (bounds reader memory)."""
     max_list_ratio: float = 0.6

@@ -5,6 +5,10 @@ decompressing its own run of bz2 streams. A single-stream bz2 (the sample) is de
 and parsed sequentially in this process while workers extract and filter blocks of pages.
 Either way the work is cut into parts under `work/`; finished parts survive a killed run and
 are reused, then merged into bounded row groups. Filters: see `wikigpt_core.data.filters`.
+
+The target language is `CleanConfig.language`, else the dump's own (its <siteinfo> dbname,
+`xml:lang`, or `<lang>wiki-` file name); it is written into the artifact as `language.txt`
+(hashed), and article URLs use the wiki's own address from <siteinfo><base>.
 """
 from __future__ import annotations
 
@@ -21,24 +25,38 @@ from typing import TYPE_CHECKING, Any
 
 from wikigpt_core.artifacts import ArtifactWriter, StageResult
 from wikigpt_core.data import parts
+from wikigpt_core.data.errors import NothingKeptError
 from wikigpt_core.data.filters import ALL_REASONS
+from wikigpt_core.data.language import (
+    check_supported,
+    language_from_filename,
+    resolve_language,
+    wiki_language,
+    write_language,
+)
 from wikigpt_core.data.multistream import check_multistream_header, iter_tasks
 from wikigpt_core.data.parquet_io import RowGroupWriter, iter_batches
 from wikigpt_core.data.pool import bounded_map, resolve_workers
 from wikigpt_core.data.sources import DumpFiles, find_dump_files
-from wikigpt_core.data.xmlpages import iter_pages
+from wikigpt_core.data.xmlpages import iter_pages, read_siteinfo
 
 if TYPE_CHECKING:
     from wikigpt_core.config import CleanConfig
 
 ARTICLES = "articles.parquet"
-_FILTER_FIELDS = ("min_chars", "max_markup_ratio", "min_english_ratio", "max_list_ratio")
+_FILTER_FIELDS = ("min_chars", "max_markup_ratio", "min_language_prob", "max_list_ratio")
 
 
 def run_clean(cfg: CleanConfig, dump_dir: Path, out: Path, work: Path) -> StageResult:
     """Extract and filter the dump in `dump_dir` into `out/articles.parquet`."""
     files = find_dump_files(Path(dump_dir))
+    site = read_siteinfo(files.xml)
+    language = resolve_language(cfg.language, wiki_language(site.dbname), site.lang,
+                                language_from_filename(files.xml.name))
+    if cfg.min_language_prob > 0:
+        check_supported(language)
     filters = {k: getattr(cfg, k) for k in _FILTER_FIELDS}
+    filters |= {"language": language, "url_base": site.article_url_base}
     parts_dir = Path(work) / _parts_key(files, filters, cfg.part_pages)
     parts_dir.mkdir(parents=True, exist_ok=True)
     workers = resolve_workers(cfg.workers)
@@ -55,7 +73,14 @@ def run_clean(cfg: CleanConfig, dump_dir: Path, out: Path, work: Path) -> StageR
         part_stats = sorted(stats_iter, key=lambda s: s["part"])
         rows = _merge_parts(parts_dir, [s["part"] for s in part_stats], w.dir / ARTICLES, cfg.row_group_size)
         seconds = time.perf_counter() - t0
+        if rows == 0:
+            counts = Counter()
+            for st in part_stats:
+                counts.update(st["counts"])
+            raise NothingKeptError(files.xml, language, {r: counts.get(r, 0) for r in ALL_REASONS})
+        write_language(w.dir, language)
         w.stats.update(_summarize(part_stats, rows, mode, workers, seconds, files))
+        w.stats |= {"language": language, "wiki": site.dbname or None}
         w.stats["examples"] = _examples(w.dir / ARTICLES)
     shutil.rmtree(parts_dir, ignore_errors=True)  # published: the parts are no longer needed
     return w.result

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from datasketch import MinHashLSH
 
 from wikigpt_core.artifacts import ArtifactWriter, StageResult, read_manifest
+from wikigpt_core.data.language import artifact_language, write_language
 from wikigpt_core.data.minhash import band_hashes, jaccard, shingle_hashes, signature, text_digest
 from wikigpt_core.data.parquet_io import RowGroupWriter, find_parquet, iter_batches
 from wikigpt_core.data.pool import bounded_map, resolve_workers
@@ -102,8 +103,11 @@ def run_dedup(cfg: DedupConfig, cleaned_dir: Path, out: Path) -> StageResult:
         fuzzy_removed, fuzzy_pairs, checked = _confirm(src, candidates, cfg)
         removed = exact_removed | fuzzy_removed
         kept = _write_corpus(src, w.dir / CORPUS, removed)
+        language = artifact_language(Path(cleaned_dir))
+        write_language(w.dir, language)  # later stages read the corpus language from here
         n = len(ids)
         w.stats.update({
+            "language": language,
             "rows_in": n,
             "rows": kept,
             "exact_removed": len(exact_removed),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from wikigpt_core.data.errors import ChecksumMismatchError, DownloadError
+from wikigpt_core.data.errors import ChecksumMismatchError, DownloadError, is_transient
 
 _CHUNK = 1 << 20
 
@@ -24,7 +24,8 @@ def fetch_text(url: str, timeout: float = 30.0) -> str:
         r = httpx.get(url, timeout=timeout, follow_redirects=True)
         r.raise_for_status()
     except httpx.HTTPError as e:
-        raise DownloadError(url, f"cannot fetch ({e})", "Check base_url and the network.") from None
+        raise DownloadError(url, f"cannot fetch ({e})", "Check base_url and the network.",
+                            transient=is_transient(e)) from None
     return r.text
 
 
@@ -64,9 +65,12 @@ def download(url: str, dest: Path, sha1: str, *, retries: int = 5, timeout: floa
         try:
             h = _fetch_once(url, part, have, h, timeout)
         except (httpx.HTTPError, OSError) as e:
+            if isinstance(e, httpx.HTTPStatusError) and not is_transient(e):
+                raise DownloadError(url, f"cannot download ({e})", "Check base_url and the dump name.") from None
             if attempts > retries:
                 raise DownloadError(url, f"download failed after {attempts} attempts ({e})",
-                                    f"Run again to resume from byte {part.stat().st_size if part.exists() else 0}.") from None
+                                    f"Run again to resume from byte {part.stat().st_size if part.exists() else 0}.",
+                                    transient=True) from None
             time.sleep(backoff_s * attempts)
             continue
         break

@@ -6,7 +6,9 @@ Sources (DumpConfig.source):
   brings its `-index.txt.bz2` along and is refused without it);
 - a dump name `enwiki/20261101`: the multistream file and its index from `base_url`, fetched
   with HTTP range-resume into the work directory and renamed into place only once its SHA-1
-  matches the dump's published `sha1sums`.
+  matches the dump's published `sha1sums`;
+- `enwiki/latest` (any `<wiki>/latest`): the newest dump whose multistream files the site's
+  `dumpstatus.json` reports done (`wikigpt_core.data.dumpsite`), resolved when the stage runs.
 
 Every source is checked before it is published: the XML root must be a MediaWiki export; a
 single-stream file is scanned to the end (page count, truncation); a multistream file has its
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import codecs
 import dataclasses
 import os
 import re
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wikigpt_core.artifacts import ArtifactWriter, StageResult, file_sha1
+from wikigpt_core.data import dumpsite
 from wikigpt_core.data.download import download, fetch_text, parse_sha1sums
 from wikigpt_core.data.errors import (
     CorruptDumpError,
@@ -40,7 +44,8 @@ from wikigpt_core.data.sources import (
     parse_dump_name,
     sample_path,
 )
-from wikigpt_core.data.xmlpages import check_header
+from wikigpt_core.data.language import language_from_filename, resolve_language, wiki_language
+from wikigpt_core.data.xmlpages import check_encoding, check_header, read_siteinfo
 
 if TYPE_CHECKING:
     from wikigpt_core.config import DumpConfig
@@ -58,7 +63,13 @@ def run_dump(cfg: DumpConfig, out: Path, work: Path) -> StageResult:
         if source == "sample":
             xml, index, date, extra = _place_local(sample_path(), w.dir), None, None, {}
         elif name is not None:
-            xml, index, date, extra = _fetch_named(cfg.base_url, *name, Path(work), w.dir)
+            wiki, date = name
+            extra = {}
+            if date == dumpsite.LATEST:  # the newest finished dump, as of now
+                date = dumpsite.resolve_latest(cfg.base_url, wiki).date
+                extra = {"resolved_from": source}
+            xml, index, date, fetched = _fetch_named(cfg.base_url, wiki, date, Path(work), w.dir)
+            extra |= fetched
         else:
             src = Path(source).expanduser()
             if not src.exists():
@@ -76,7 +87,11 @@ def run_dump(cfg: DumpConfig, out: Path, work: Path) -> StageResult:
         else:
             pages, newest = _scan(xml)
         m = _DATE_IN_NAME.search(xml.name)
+        site = read_siteinfo(xml)
         w.stats.update({
+            "wiki": site.dbname or None,
+            "language": resolve_language("", wiki_language(site.dbname), site.lang,
+                                         language_from_filename(xml.name)),
             "source": source,
             "dump_date": date or (m.group(1) if m else None) or newest or "unknown",
             "file": xml.name,
@@ -88,20 +103,29 @@ def run_dump(cfg: DumpConfig, out: Path, work: Path) -> StageResult:
     return w.result
 
 
-def observe_dump(cfg: DumpConfig) -> str:
-    """Cheap fingerprint of the configured source, for a Dagster observable source."""
+def observe_dump(cfg: DumpConfig, timeout: float = 30.0) -> str:
+    """Identity of the dump the source names, for the Dagster observable source: for a dump
+    name, `<wiki>/<date>:<sha1 of the file>:<sha1 of the index>` as published (for
+    `<wiki>/latest`, of the newest finished dump); for `sample`, its SHA-1; for a local file,
+    its path, size and mtime. A dump name asks the dump site (network); an unreachable site or
+    an unfinished dump raises DownloadError rather than returning a different identity, so a
+    network glitch never looks like a new dump."""
     source = cfg.source.strip()
     if source == "sample":
         return "sample:" + file_sha1(sample_path())
     name = parse_dump_name(source)
     if name is not None:
         wiki, date = name
-        xml_name, _ = multistream_names(wiki, date)
-        try:
-            sums = parse_sha1sums(fetch_text(_sums_url(cfg.base_url, wiki, date), timeout=10.0))
-            return f"{source}:{sums.get(xml_name, 'unpublished')}"
-        except DownloadError:
-            return source
+        if date == dumpsite.LATEST:
+            return dumpsite.resolve_latest(cfg.base_url, wiki, timeout).identity
+        xml_name, index_name = multistream_names(wiki, date)
+        sums = parse_sha1sums(fetch_text(_sums_url(cfg.base_url, wiki, date), timeout=timeout))
+        missing = [n for n in (xml_name, index_name) if n not in sums]
+        if missing:
+            raise dumpsite.DumpNotFinishedError(_sums_url(cfg.base_url, wiki, date),
+                                                f"no published SHA-1 for {missing}",
+                                                "The dump may still be in progress.")
+        return f"{wiki}/{date}:{sums[xml_name]}:{sums[index_name]}"
     path = Path(source).expanduser()
     if not path.exists():
         return f"{source}:missing"
@@ -163,9 +187,17 @@ def _scan(xml: Path) -> tuple[int, str | None]:
         raise EmptyDumpError(xml, "the file is 0 bytes")
     pages, newest, head, tail = 0, None, b"", b""
     opener = bz2.open if xml.suffix == ".bz2" else open
+    decoder = None  # set for a non-UTF-8 file: the scan then looks at its text as UTF-8
     try:
         with opener(xml, "rb") as f:
             while chunk := f.read(_SCAN_CHUNK):
+                if not head:
+                    encoding = check_encoding(xml, chunk[:64])
+                    if encoding not in ("utf-8", "us-ascii"):
+                        decoder = codecs.getincrementaldecoder(encoding)()
+                if decoder is not None:
+                    text = decoder.decode(chunk)
+                    chunk = (text if head else text.lstrip("\ufeff")).encode("utf-8")
                 if not head:
                     head = chunk[:65536]
                     check_header(head, xml)

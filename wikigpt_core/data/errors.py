@@ -59,6 +59,19 @@ class EmptyDumpError(DumpError):
         super().__init__(path, f"empty dump: {detail}", "Point WIKIGPT_DUMP at a real pages-articles dump.")
 
 
+class NothingKeptError(DumpError):
+    """Every page of the dump was skipped or filtered away: the stage has nothing to publish."""
+
+    def __init__(self, path: str | Path, language: str, counts: dict[str, int]) -> None:
+        why = ", ".join(f"{reason} {n}" for reason, n in counts.items() if n) or "no pages"
+        super().__init__(
+            path,
+            f"no article kept for target language {language!r} ({why})",
+            "If the dump is in another language, set CleanConfig.language (or check the dump name); "
+            "else loosen the [clean] thresholds.",
+        )
+
+
 class NotMediaWikiError(DumpError):
     """Well-formed XML, but not a MediaWiki export (<mediawiki xmlns=...export-...>)."""
 
@@ -67,6 +80,18 @@ class NotMediaWikiError(DumpError):
             path,
             f"not a MediaWiki XML export (root element is {found})",
             "Use a *-pages-articles*.xml.bz2 file from dumps.wikimedia.org.",
+        )
+
+
+class UnsupportedEncodingError(DumpError):
+    """The XML is in a character encoding this reader does not take."""
+
+    def __init__(self, path: str | Path, encoding: str, detail: str = "") -> None:
+        super().__init__(
+            path,
+            f"the XML is encoded as {encoding}{detail}",
+            f"Dumps from dumps.wikimedia.org are UTF-8; re-encode it "
+            f"(`bzcat FILE | iconv -f {encoding} -t UTF-8 | bzip2 > FILE.utf8.xml.bz2`).",
         )
 
 
@@ -93,7 +118,38 @@ class IndexMismatchError(IndexError_):
 
 
 class DownloadError(DumpError):
-    """The HTTP download failed after all retries."""
+    """An HTTP fetch from the dump site failed. `transient` says whether trying again later may
+    succeed (network failure, timeout, HTTP 429 or 5xx) or not (404, a malformed reply)."""
+
+    def __init__(self, path: str | Path, problem: str, hint: str = "", transient: bool = False) -> None:
+        super().__init__(path, problem, hint)
+        self.transient = transient
+
+    def __reduce__(self):
+        return (_restore_download, (type(self), self.path, self.problem, self.args, self.transient))
+
+
+def _restore_download(cls, path, problem, args, transient):
+    err = _restore(cls, path, problem, args)
+    err.transient = transient
+    return err
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying later (network, timeouts, HTTP 429/5xx); False for bad
+    input, which fails the same way every time (a truncated or corrupt dump, a missing index)."""
+    flag = getattr(exc, "transient", None)
+    if flag is not None:
+        return bool(flag)
+    import httpx  # local: worker processes import this module and need no httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return transient_status(exc.response.status_code)
+    return isinstance(exc, (httpx.TransportError, TimeoutError, ConnectionError))
+
+
+def transient_status(code: int) -> bool:
+    return code == 429 or 500 <= code < 600
 
 
 class ChecksumMismatchError(DumpError):

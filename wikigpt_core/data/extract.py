@@ -10,6 +10,7 @@ to expand from, and dropping transclusions is what wikiextractor does with `--no
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -20,14 +21,54 @@ from wikigpt_core.data.xmlpages import RawPage
 
 logging.getLogger("wikiextractor").setLevel(logging.ERROR)
 
-# Templates that mark a disambiguation page ({{disambiguation}}, {{dab}}, {{hndis}}, ...).
-_DISAMBIG = re.compile(
-    r"\{\{\s*(?:disambig(?:uation)?|disamb|dab|hndis|geodis|numberdis|[\w \-]*disambiguation)\s*(?:\||\}\})",
-    re.IGNORECASE,
-)
-# Stub templates: {{stub}}, {{Physics-stub}}, {{US-politician-stub|...}}.
-_STUB = re.compile(r"\{\{\s*(?:[\w \-]*-)?stub\s*(?:\||\}\})", re.IGNORECASE)
-_LIST_TITLE = re.compile(r"^(?:Lists? of|Index of|Outline of|Glossary of)\b")
+DEFAULT_URL_BASE = "https://en.wikipedia.org/wiki/"
+
+# Wiki conventions that mark disambiguation, list and stub pages. The English ones apply on
+# every wiki (many wikis reuse enwiki's templates); a few large wikis add their own. On other
+# wikis only the English conventions and the language-independent list-line ratio apply.
+_DISAMBIG_TEMPLATES = {
+    "de": ("Begriffsklärung",), "fr": ("Homonymie",), "es": ("Desambiguación",),
+    "it": ("Disambigua",), "bg": ("Пояснение",), "ru": ("Неоднозначность", "Многозначность"),
+}
+_DISAMBIG_TITLES = {
+    "en": "(disambiguation)", "de": "(Begriffsklärung)", "fr": "(homonymie)",
+    "es": "(desambiguación)", "it": "(disambigua)", "bg": "(пояснение)", "ru": "(значения)",
+}
+_LIST_TITLES = {
+    "en": ("Lists? of", "Index of", "Outline of", "Glossary of"),
+    "de": ("Liste (?:der|des|von)",), "fr": ("Liste (?:des|de|du|d')",), "es": ("Anexo:",),
+    "it": ("Lista (?:di|dei|delle)",), "bg": ("Списък (?:на|с)",), "ru": ("Список",),
+}
+_STUB_TEMPLATES = {"fr": ("Ébauche",), "es": ("Esbozo",), "it": ("S",), "bg": ("Мъниче",),
+                   "ru": ("Заготовка статьи",)}
+
+
+@dataclass(frozen=True)
+class WikiConventions:
+    """Compiled page-kind patterns for one target language (see the tables above)."""
+
+    disambig: re.Pattern
+    disambig_titles: tuple[str, ...]
+    list_title: re.Pattern
+    stub: re.Pattern
+
+
+@functools.cache
+def conventions(language: str = "en") -> WikiConventions:
+    names = "|".join(re.escape(t) for t in _DISAMBIG_TEMPLATES.get(language, ()))
+    disambig = (r"\{\{\s*(?:disambig(?:uation)?|disamb|dab|hndis|geodis|numberdis|[\w \-]*disambiguation"
+                + (f"|{names}" if names else "") + r")\s*(?:\||\}\})")
+    lists = _LIST_TITLES["en"] + (_LIST_TITLES.get(language, ()) if language != "en" else ())
+    stubs = "|".join(re.escape(t) for t in _STUB_TEMPLATES.get(language, ()))
+    # {{stub}}, {{Physics-stub}}, {{US-politician-stub|...}} (+ the wiki's own stub templates)
+    stub = r"\{\{\s*(?:(?:[\w \-]*-)?stub" + (f"|(?:{stubs})" if stubs else "") + r")\s*(?:\||\}\})"
+    titles = tuple(dict.fromkeys((_DISAMBIG_TITLES["en"], _DISAMBIG_TITLES.get(language, "(disambiguation)"))))
+    return WikiConventions(
+        disambig=re.compile(disambig, re.IGNORECASE),
+        disambig_titles=titles,
+        list_title=re.compile(r"^(?:" + "|".join(lists) + r")(?:\b|\s)"),
+        stub=re.compile(stub, re.IGNORECASE),
+    )
 
 
 @dataclass(slots=True)
@@ -40,23 +81,26 @@ class Article:
     is_stub: bool
     list_line_ratio: float
     """Share of non-empty wikitext lines that are list items (start with * or #)."""
+    url_base: str = DEFAULT_URL_BASE
+    """The wiki's article URL prefix (from the dump's <siteinfo><base>)."""
 
     @property
     def url(self) -> str:
-        return article_url(self.title)
+        return article_url(self.title, self.url_base)
 
 
-def article_url(title: str) -> str:
-    return "https://en.wikipedia.org/wiki/" + title.replace(" ", "_")
+def article_url(title: str, url_base: str = DEFAULT_URL_BASE) -> str:
+    return (url_base or DEFAULT_URL_BASE) + title.replace(" ", "_")
 
 
-def skip_reason(page: RawPage) -> str | None:
+def skip_reason(page: RawPage, language: str = "en") -> str | None:
     """Why a page is not an article at all (None if it is one)."""
     if page.ns != 0:
         return "namespace"
     if page.redirect:
         return "redirect"
-    if page.title.endswith("(disambiguation)") or _DISAMBIG.search(page.text):
+    conv = conventions(language)
+    if page.title.endswith(conv.disambig_titles) or conv.disambig.search(page.text):
         return "disambiguation"
     return None
 
@@ -75,15 +119,16 @@ def wikitext_to_text(page_id: int, title: str, wikitext: str) -> str:
     return "\n".join(p.strip() for p in paragraphs if p.strip())
 
 
-def article_facts(page: RawPage) -> Article:
+def article_facts(page: RawPage, language: str = "en", url_base: str = DEFAULT_URL_BASE) -> Article:
     """The article's wikitext facts, text not yet extracted (filters on these run first, so
     list and stub pages never pay for extraction)."""
     return Article(
         id=page.id,
         title=page.title,
         text="",
-        is_stub=bool(_STUB.search(page.text)),
+        is_stub=bool(conventions(language).stub.search(page.text)),
         list_line_ratio=_list_line_ratio(page.text),
+        url_base=url_base,
     )
 
 
@@ -93,5 +138,5 @@ def extract_article(page: RawPage, facts: Article | None = None) -> Article:
     return article
 
 
-def is_list_title(title: str) -> bool:
-    return bool(_LIST_TITLE.match(title))
+def is_list_title(title: str, language: str = "en") -> bool:
+    return bool(conventions(language).list_title.match(title))

@@ -44,9 +44,9 @@ def clean_pages(pages: list[RawPage], part: int, parts_dir: str, filters: dict[s
     wikitext_bytes = 0
     for page in pages:
         wikitext_bytes += len(page.text.encode("utf-8"))
-        reason = skip_reason(page)
+        reason = skip_reason(page, cfg.language)
         if reason is None:
-            facts = article_facts(page)
+            facts = article_facts(page, cfg.language, cfg.url_base)
             reason = wikitext_drop_reason(facts, cfg)
         if reason is None:
             article = extract_article(page, facts)

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_multistream
 
 from wikigpt_core.data.dump import observe_dump, run_dump
-from wikigpt_core.data.errors import ChecksumMismatchError
+from wikigpt_core.data.errors import ChecksumMismatchError, DownloadError
 
 DATE = "20990101"
 XML = f"enwiki-{DATE}-pages-articles-multistream.xml.bz2"
@@ -127,11 +127,15 @@ def test_observe_named_dump_uses_published_checksum(settings, dump_files):
         fp = observe_dump(_cfg(settings, srv.url))
     finally:
         srv.close()
-    assert fp == f"enwiki/{DATE}:{hashlib.sha1(dump_files[XML]).hexdigest()}"
+    sha = {n: hashlib.sha1(b).hexdigest() for n, b in dump_files.items()}
+    assert fp == f"enwiki/{DATE}:{sha[XML]}:{sha[INDEX]}"
 
 
-def test_observe_unreachable_falls_back_to_name(settings):
-    assert observe_dump(_cfg(settings, "http://127.0.0.1:9")) == f"enwiki/{DATE}"
+def test_observe_unreachable_raises_instead_of_changing_identity(settings):
+    # A network glitch must not look like a new dump (that would mark wiki_dump stale).
+    with pytest.raises(DownloadError) as info:
+        observe_dump(_cfg(settings, "http://127.0.0.1:9"))
+    assert info.value.transient
 
 
 def test_observe_local_file_changes_with_content(settings, tmp_path):

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from wikigpt_core.data.extract import extract_article, skip_reason
-from wikigpt_core.data.filters import FILTER_REASONS, drop_reason, english_ratio
+import dataclasses
+
+from wikigpt_core.data.filters import FILTER_REASONS, drop_reason
+from wikigpt_core.data.language import language_probability
 from wikigpt_core.data.xmlpages import RawPage
 
 PROSE = (
@@ -17,9 +20,10 @@ def _page(text: str, title: str = "River", ns: int = 0, redirect: bool = False, 
     return RawPage(id=pid, ns=ns, title=title, redirect=redirect, text=text)
 
 
-def _reason(settings, text: str, title: str = "River"):
+def _reason(settings, text: str, title: str = "River", language: str = "en"):
     page = _page(text, title)
-    return skip_reason(page) or drop_reason(extract_article(page), settings.clean)
+    cfg = dataclasses.replace(settings.clean, language=language)
+    return skip_reason(page, language) or drop_reason(extract_article(page), cfg)
 
 
 def test_keeps_english_prose(settings):
@@ -38,12 +42,31 @@ def test_too_short(settings):
     assert _reason(settings, "A short river.") == "too_short"
 
 
-def test_not_english(settings):
-    german = ("Der Fluss ist der längste in der Region und wird seit dem frühen Mittelalter für den "
-              "Handel genutzt. Er war eine wichtige Route für Kaufleute, die Getreide und Holz von "
-              "den Hügeln zur Küste brachten. ") * 5
-    assert english_ratio(german) < 0.1 < 0.35 < english_ratio(PROSE)
-    assert _reason(settings, german) == "not_english"
+GERMAN = ("Der Fluss ist der längste in der Region und wird seit dem frühen Mittelalter für den "
+          "Handel genutzt. Er war eine wichtige Route für Kaufleute, die Getreide und Holz von "
+          "den Hügeln zur Küste brachten. ") * 5
+
+
+def test_wrong_language_follows_the_target(settings):
+    assert language_probability(GERMAN, "en") < 0.1 < 0.9 < language_probability(PROSE, "en")
+    assert language_probability(GERMAN, "de") > 0.9
+    assert _reason(settings, GERMAN) == "wrong_language"
+    assert _reason(settings, GERMAN, language="de") is None
+    assert _reason(settings, PROSE, language="de") == "wrong_language"
+
+
+def test_language_check_can_be_switched_off(settings):
+    page = _page(GERMAN)
+    cfg = dataclasses.replace(settings.clean, language="en", min_language_prob=0.0)
+    assert drop_reason(extract_article(page), cfg) is None
+
+
+def test_wiki_conventions_follow_the_language(settings):
+    assert skip_reason(_page(GERMAN, title="Merkur (Begriffsklärung)"), "de") == "disambiguation"
+    assert skip_reason(_page(GERMAN + "{{Begriffsklärung}}"), "de") == "disambiguation"
+    assert skip_reason(_page(GERMAN + "{{Begriffsklärung}}"), "en") is None
+    assert _reason(settings, GERMAN, title="Liste der Flüsse", language="de") == "list_or_stub"
+    assert _reason(settings, GERMAN, title="Liste der Flüsse", language="en") == "wrong_language"
 
 
 def test_list_and_stub(settings):
