@@ -49,8 +49,8 @@ def filter_counts(lineage: dict[str, dict]) -> dict[str, Any]:
             if isinstance(v, (int, float)) and ("drop" in k or k.startswith("filter"))}
 
 
-def front_matter(repo_name: str, datasets: list[str]) -> str:
-    lines = ["---", "license: cc-by-sa-4.0", "language:", "- en", "library_name: transformers",
+def front_matter(repo_name: str, datasets: list[str], language: str = "en") -> str:
+    lines = ["---", "license: cc-by-sa-4.0", "language:", f"- {language}", "library_name: transformers",
              "pipeline_tag: text-generation", "tags:"]
     lines += [f"- {t}" for t in ("llama", "wikipedia", "chat", "dpo", "from-scratch", "wikigpt")]
     lines += ["datasets:"] + [f"- {d}" for d in datasets]
@@ -132,6 +132,8 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
                       preference_data_url: str = "", hub_id: str = "") -> str:
     """README.md for the Hub repo: front matter plus the SPEC §5 sections."""
     L = lineage
+    # the language cleaning filtered the corpus for (recorded in its stats; older runs: English)
+    language = stat(L, "cleaned_articles", "language") or "en"
     dump_date = stat(L, "wiki_dump", "dump_date")
     pages = stat(L, "wiki_dump", "pages")
     filters = filter_counts(L)
@@ -145,10 +147,10 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
     total_wall_h = round(sum(w for w in walls if w is not None), 3) if any(w is not None for w in walls) else None
     c = model_cfg
     sections = [
-        front_matter(repo_name, datasets),
+        front_matter(repo_name, datasets, language),
         f"# {repo_name}\n",
-        f"A {fmt(params)}-parameter decoder-only chat model trained from scratch on English "
-        f"Wikipedia (dump {fmt(dump_date)}), then instruction-tuned (SFT) and preference-tuned "
+        f"A {fmt(params)}-parameter decoder-only chat model trained from scratch on "
+        f"{'English' if language == 'en' else f'`{language}`'} Wikipedia (dump {fmt(dump_date)}), then instruction-tuned (SFT) and preference-tuned "
         "(DPO). Every figure on this card was taken from the run that produced these weights.\n",
         "## Architecture\n",
         _table(["field", "value"], [
@@ -177,7 +179,7 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
             ["validation tokens", stat(L, "token_shards", "val_tokens")],
         ]),
         "\nExtraction keeps namespace-0 articles and skips redirects; cleaning strips markup and "
-        "boilerplate and applies length, markup-ratio and English filters.\n",
+        f"boilerplate and applies length, markup-ratio and language (`{language}`, py3langid) filters.\n",
         "## SFT and DPO data\n",
         _table(["dataset", "figure"], [
             ["SFT examples (train)", stat(L, "sft_dataset", "examples_train")],
@@ -221,8 +223,9 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
         "`/v1/chat/completions`, and a web page at `/`).\n",
         "## Limitations\n",
         "- It hallucinates: names, dates and numbers are often wrong, stated fluently.\n"
-        "- English only.\n"
-        f"- Knowledge is frozen at the dump date ({fmt(dump_date)}).\n"
+        + ("- English only.\n" if language == "en" else
+           f"- Pretrained on `{language}` text; the SFT/DPO teacher prompts and the gallery are English.\n")
+        + f"- Knowledge is frozen at the dump date ({fmt(dump_date)}).\n"
         f"- {fmt(c.block_size)}-token context; longer conversations are cropped from the left.\n"
         "- No safety tuning beyond false-premise refusals.\n",
         "## License\n",

@@ -102,3 +102,16 @@ def test_unsupported_encoding_is_named(settings, bg_sample, tmp_path):
     assert path.name in str(info.value) and "iconv" in str(info.value)
     with pytest.raises(UnsupportedEncodingError, match="UTF-32"):
         list(iter_pages(path))
+
+
+def test_model_card_language_follows_the_corpus():
+    from wikigpt_core.config import load_settings
+    from wikigpt_core.release.model_card import render_model_card
+
+    def card(lineage):
+        return render_model_card(repo_name="r", model_cfg=load_settings("tiny").model, params=1,
+                                 lineage=lineage, report={}, datasets=[])
+
+    bg = card({"cleaned_articles": {"stats": {"language": "bg"}}})
+    assert "language:\n- bg\n" in bg and "`bg` Wikipedia" in bg and "English only" not in bg
+    assert "language:\n- en\n" in card({}) and "English only" in card({})
