@@ -1,0 +1,165 @@
+"""The Wikipedia dump as an observable source, and the sensor that picks up new dumps.
+
+`build_dump_source(settings)`: the source asset `wikipedia_dump`. Observing it asks the
+configured source for the identity of the dump it names (`wikigpt_core.data.dump.observe_dump`):
+for `enwiki/latest`, the newest dump whose multistream files the dump site reports done, as
+`<wiki>/<date>:<sha1 of the file>:<sha1 of the index>`; for a fixed date, that dump's published
+SHA-1s; for `sample` or a local file, its checksum or size and mtime. The identity is the
+observation's DataVersion; `wiki_dump` depends on the source, so a new identity marks it stale.
+Nothing is fetched when the definitions load: only an observation (the sensor, or "Observe
+sources" in the UI) talks to the dump site.
+
+`build_dump_sensor(settings)`: off by default (turn it on under Automation in the UI). Every
+`minimum_interval_seconds` it observes the source. When the identity is new (a dump finished),
+it records the observation and starts a refresh: each tick requests one run of the assets that
+are stale or missing by Dagster's own resolver, waits while that run is queued or running, and
+stops once nothing is stale. Dagster marks staleness one layer at a time, so a refresh is
+several runs; an asset whose rerun writes identical bytes keeps its DataVersion and its
+downstream stays fresh, so only what the new dump changes reruns. A dump site that cannot be
+reached, or a newest dump still in progress, requests nothing.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dagster as dg
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
+from dagster._core.definitions.data_version import (
+    DATA_VERSION_TAG,
+    CachingStaleStatusResolver,
+    StaleStatus,
+)
+from dagster._core.definitions.temporal_context import TemporalContext
+from dagster._time import get_current_datetime
+
+from wikigpt_core.config import DumpConfig, Settings
+from wikigpt_core.data.dump import observe_dump
+from wikigpt_core.data.errors import DumpError
+from wikigpt_pipeline.jobs import PIPELINE_JOB
+
+DUMP_SOURCE = "wikipedia_dump"
+SENSOR_NAME = "new_dump_sensor"
+SENSOR_TAG = "wikigpt/dump_sensor"
+IDENTITY_TAG = "wikigpt/dump_identity"
+PASS_TAG = "wikigpt/refresh_pass"
+DEFAULT_INTERVAL_S = 6 * 3600
+"""Dumps are published about twice a month; a few checks a day are plenty."""
+_IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+Observe = Callable[[DumpConfig], str]
+
+
+def build_dump_source(settings: Settings, observe: Observe = observe_dump,
+                      group: str = "data") -> dg.SourceAsset:
+    def wikipedia_dump(context) -> dg.DataVersion:
+        identity = observe(settings.dump)
+        context.log.info(f"{settings.dump.source}: {identity}")
+        return dg.DataVersion(identity)
+
+    with warnings.catch_warnings():  # observable sources are marked beta; say it once, here
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.observable_source_asset(
+            wikipedia_dump, name=DUMP_SOURCE, group_name=group,
+            description="The Wikipedia dump WIKIGPT_DUMP names, as published: its observed "
+                        "DataVersion is the finished dump's date and SHA-1s.")
+
+
+@dataclass
+class _Cursor:
+    identity: str = ""
+    """The last identity recorded as an observation."""
+    refreshing: bool = False
+    """A refresh for `identity` is under way (passes still to run)."""
+    passes: int = 0
+    """Runs requested so far in this refresh."""
+
+    @classmethod
+    def load(cls, raw: str | None) -> "_Cursor":
+        return cls(**json.loads(raw)) if raw else cls()
+
+    def dump(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+
+def pass_tags(identity: str, n: int) -> dict[str, str]:
+    return {SENSOR_TAG: SENSOR_NAME, IDENTITY_TAG: identity[:200], PASS_TAG: str(n)}
+
+
+def _pass_run(instance: dg.DagsterInstance, identity: str, n: int) -> dg.DagsterRun | None:
+    """The run the sensor requested as pass n of the refresh for `identity` (None if not created)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags=pass_tags(identity, n)), limit=1)
+    return runs[0] if runs else None
+
+
+def record_observation(instance: dg.DagsterInstance, identity: str, source: str) -> None:
+    """Store the source's observation, exactly as an observation run would."""
+    instance.report_runless_asset_event(dg.AssetObservation(
+        asset_key=DUMP_SOURCE, tags={DATA_VERSION_TAG: identity},
+        metadata={"source": source, "identity": identity}))
+
+
+def last_observed(instance: dg.DagsterInstance) -> str | None:
+    record = instance.get_latest_data_version_record(dg.AssetKey(DUMP_SOURCE), is_source=True)
+    event = record.asset_observation if record else None
+    return event.tags.get(DATA_VERSION_TAG) if event is not None and event.tags else None
+
+
+def not_fresh(instance: dg.DagsterInstance, asset_graph) -> list[dg.AssetKey]:
+    """Materializable assets that are stale or missing, in topological order (Dagster's own
+    stale-status resolver, the one behind the UI's "Unsynced")."""
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance, asset_graph=asset_graph,
+    )
+    resolver = CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
+    return [key for key in asset_graph.toposorted_asset_keys
+            if asset_graph.get(key).is_materializable
+            and resolver.get_status(key) in (StaleStatus.STALE, StaleStatus.MISSING)]
+
+
+def build_dump_sensor(settings: Settings, *, observe: Observe = observe_dump, job_name: str = PIPELINE_JOB,
+                      minimum_interval_seconds: int = DEFAULT_INTERVAL_S,
+                      default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED) -> dg.SensorDefinition:
+    @dg.sensor(name=SENSOR_NAME, job_name=job_name, minimum_interval_seconds=minimum_interval_seconds,
+               default_status=default_status,
+               description="Observes the Wikipedia dump; when a new dump is finished, reruns the stale "
+                           "assets (one run per layer) until nothing is stale.")
+    def new_dump_sensor(context: dg.SensorEvaluationContext):
+        cursor = _Cursor.load(context.cursor)
+        instance = context.instance
+        try:
+            identity = observe(settings.dump)
+        except DumpError as e:  # unreachable site, dump in progress, missing file: wait
+            return dg.SkipReason(f"cannot observe {settings.dump.source}: {e}")
+        if identity != cursor.identity:
+            if identity != last_observed(instance):
+                record_observation(instance, identity, settings.dump.source)
+            cursor = _Cursor(identity=identity, refreshing=True)
+            context.log.info(f"new dump identity {identity}: refreshing stale assets")
+        if not cursor.refreshing:
+            return dg.SensorResult(skip_reason=dg.SkipReason(f"no new dump ({identity})"), cursor=cursor.dump())
+        if cursor.passes:
+            last = _pass_run(instance, identity, cursor.passes)
+            if last is not None and last.status in _IN_FLIGHT:
+                return dg.SensorResult(skip_reason=dg.SkipReason(f"pass {cursor.passes} ({last.run_id}) "
+                                                                 "is still queued or running"),
+                                       cursor=cursor.dump())
+            if last is not None and last.status != dg.DagsterRunStatus.SUCCESS:
+                cursor.refreshing = False  # a failed pass stops the refresh; the failure sensor reports it
+                return dg.SensorResult(skip_reason=dg.SkipReason(
+                    f"pass {cursor.passes} ({last.run_id}) ended {last.status.value}; refresh stopped "
+                    "(fix and run `wikigpt refresh`, or wait for the next dump)"), cursor=cursor.dump())
+        keys = not_fresh(instance, context.repository_def.asset_graph)
+        if not keys:
+            cursor.refreshing = False
+            return dg.SensorResult(skip_reason=dg.SkipReason(f"up to date with {identity}"), cursor=cursor.dump())
+        cursor.passes += 1
+        request = dg.RunRequest(run_key=f"{identity}#{cursor.passes}", asset_selection=keys,
+                                tags=pass_tags(identity, cursor.passes))
+        return dg.SensorResult(run_requests=[request], cursor=cursor.dump())
+
+    return new_dump_sensor
