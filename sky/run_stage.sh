@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs one WikiGPT stage CLI inside a SkyPilot task: `bash sky/run_stage.sh wikigpt_core.<stage>`.
+# Runs one WikiGPT stage inside a SkyPilot task: `python -m wikigpt_core.run $WIKIGPT_STAGE --spec ...`.
 #
-# WIKIGPT_STAGE_ARGS holds the CLI flags, written by the launcher with remote paths under
-# ~/wikigpt_io (unquoted, so `~` expands here) and every other value shell-quoted; `eval`
-# turns it back into argv. Dagster Pipes variables, if present, are inherited by the stage,
+# The launcher sets WIKIGPT_STAGE (the stage's name in wikigpt_core/stages.py) and
+# WIKIGPT_STAGE_ARGS (`--spec ~/wikigpt_io/in/spec.json`: the stage's resolved spec, its paths
+# rewritten to the remote layout under ~/wikigpt_io and uploaded with the inputs; unquoted, so
+# `~` expands here). The stage reads its config from that spec only, never from the environment. Dagster Pipes variables, if present, are inherited by the stage,
 # which then prints its Pipes messages to stdout, where `sky.tail_logs` carries them home.
 #
 # With WIKIGPT_HUB_REPO set (vast.ai cannot mount buckets), the training scratch is restored
@@ -11,12 +12,17 @@
 # (so a preempted spot instance resumes from its last checkpoint), and the outputs are pushed
 # when it ends (how managed spot jobs bring results back).
 set -euo pipefail
-module="$1"
+# An optional first argument names another module to run with the same args (a stage of a
+# project built on this one); by default it is the stage CLI.
+if [ -n "${1:-}" ]; then
+  command="python -m $1"
+else
+  command="python -m wikigpt_core.run ${WIKIGPT_STAGE:?the launcher sets WIKIGPT_STAGE to the stage to run}"
+fi
 io=~/wikigpt_io
 mkdir -p "$io/in" "$io/out" "$io/work"
 
 if [ -n "${WANDB_API_KEY:-}" ]; then export WANDB_MODE=online; fi
-if [ -f "$io/in/wikigpt_config.toml" ]; then export WIKIGPT_CONFIG="$io/in/wikigpt_config.toml"; fi
 
 hub="${WIKIGPT_HUB_REPO:-}"
 prefix="${WIKIGPT_HUB_PREFIX:-runs/manual}"
@@ -29,7 +35,7 @@ if [ -n "$hub" ]; then
 fi
 
 status=0
-eval "python -m ${module} ${WIKIGPT_STAGE_ARGS:-}" || status=$?
+eval "${command} ${WIKIGPT_STAGE_ARGS:-}" || status=$?
 
 if [ -n "$sync_pid" ]; then
   kill "$sync_pid" 2>/dev/null || true

@@ -2,9 +2,12 @@
 
 A stage writes into a hidden temp directory beside its destination; only when the stage
 returns normally is the directory renamed into place. A failed stage therefore leaves the
-previous good artifact untouched, and a reader never sees a half-written one. The content hash
-(sha256 over relative paths and bytes, manifest excluded) is the asset's Dagster DataVersion:
-a rerun that writes identical bytes yields the identical version.
+previous good artifact untouched, and a reader never sees a half-written one.
+
+The content hash is the asset's Dagster DataVersion. It covers what a consumer reads (weights,
+config, tokenizer, data files, results) and leaves out the manifest and the `run/` folder, where
+a stage keeps its run record: logs, timings, costs, host facts. So a rerun that reproduces its
+outputs yields the identical version even though it took a different time.
 """
 from __future__ import annotations
 
@@ -19,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+RUN_DIR = "run"
+"""Subfolder for the run record (logs, timings); kept with the artifact, outside its hash."""
+CURRENT = "current"
+"""Beside an asset's version dirs: a relative symlink to the latest materialized one."""
 _HASH_CHUNK = 1 << 20
 
 
@@ -32,12 +39,15 @@ class StageResult:
 
 
 def content_hash(directory: Path) -> str:
-    """sha256 over (relative path, bytes) of every file except the manifest, in sorted order."""
+    """sha256 over (relative path, bytes) of every file in sorted order, except the manifest and
+    the run record under `run/`."""
+    directory = Path(directory)
     h = hashlib.sha256()
     for p in sorted(directory.rglob("*")):
-        if not p.is_file() or p.name == MANIFEST and p.parent == directory:
+        rel = p.relative_to(directory)
+        if not p.is_file() or rel.parts[0] in (MANIFEST, RUN_DIR):
             continue
-        h.update(p.relative_to(directory).as_posix().encode() + b"\0")
+        h.update(rel.as_posix().encode() + b"\0")
         with p.open("rb") as f:
             while chunk := f.read(_HASH_CHUNK):
                 h.update(chunk)
@@ -67,6 +77,13 @@ class ArtifactWriter:
         self.stats: dict[str, Any] = {}
         self.dir = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
         self.result: StageResult | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the run record goes (logs, timings, costs): shown, kept, not hashed."""
+        path = self.dir / RUN_DIR
+        path.mkdir(exist_ok=True)
+        return path
 
     def __enter__(self) -> "ArtifactWriter":
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +121,17 @@ def swap_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out)
+
+
+def point_current(version_dir: Path) -> Path:
+    """Point `<asset>/current` at `version_dir` (a sibling), atomically: a new symlink is
+    renamed over the old one, so a reader always finds one complete version there."""
+    version_dir = Path(version_dir)
+    link = version_dir.parent / CURRENT
+    tmp = version_dir.parent / f".{CURRENT}.tmp-{uuid.uuid4().hex[:8]}"
+    os.symlink(version_dir.name, tmp)
+    os.replace(tmp, link)
+    return link
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

@@ -8,15 +8,15 @@ that stage and its downstream stale.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wikigpt_core.model import GPTConfig
+from wikigpt_core.artifacts import CURRENT
+from wikigpt_core.model_config import GPTConfig
 
 PROFILES = ("tiny", "124m", "350m")
 
@@ -124,9 +124,20 @@ class TrainConfig:
     log_interval: int = 10
     seed: int = 1337
     compile: str = "auto"
-    """auto: compile on CUDA only; on / off force it."""
+    """torch.compile of the training forward: auto = on CUDA only; on / off force it (on works
+    on CPU too, through inductor and the machine's C compiler)."""
+    precision: str = "auto"
+    """Autocast precision: auto = bf16 on a CUDA GPU that supports it, float32 elsewhere;
+    bf16 / fp32 force it on any device (CPU bf16 autocast included). Weights and optimizer
+    state stay float32 either way."""
     dpo_beta: float = 0.1
     """DPO temperature beta (used by the DPO stage only)."""
+
+    def __post_init__(self) -> None:
+        # Checked here so a typo in a config file fails when it is read, not hours into a run.
+        for name, allowed in (("compile", ("auto", "on", "off")), ("precision", ("auto", "bf16", "fp32"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} = {getattr(self, name)!r} is not one of {', '.join(allowed)}")
 
 
 @dataclass
@@ -150,6 +161,19 @@ class TeacherConfig:
     """Teacher sampling temperature (0 = greedy, the most reproducible)."""
     json_mode: bool = True
     """Ask the endpoint for a JSON object reply (`response_format`, supported by vLLM and OpenAI)."""
+    json_schema: bool = False
+    """Also send each reply's JSON schema inside the json_object format, so the server constrains
+    decoding to it (llama.cpp's server compiles it to a grammar). A small model then always
+    replies with parseable JSON of the right fields; whether the content passes the filters is
+    still up to the model."""
+    max_failure_share: float = 0.5
+    """A teacher stage (SFT data, preference data, the eval judge) stops with an error once more
+    than this share of its teacher replies failed or were rejected by its filters ..."""
+    min_failures: int = 20
+    """... and at least this many did (a few bad replies early on do not stop a stage)."""
+    max_requests_per_item: float = 4.0
+    """Requests (retries included) a teacher stage may send, as a multiple of the requests it
+    plans for what it was asked for; past that it stops with an error (bounds a paid bill)."""
 
 
 @dataclass
@@ -171,6 +195,8 @@ class SFTDataConfig:
     max_response_words: int = 120
     min_english_ratio: float = 0.25
     """Minimum share of common English function words in the passage (language filter)."""
+    min_examples: int | None = None
+    """The stage fails when fewer examples than this result (None: half of n_examples)."""
 
 
 @dataclass
@@ -184,6 +210,8 @@ class PreferenceConfig:
     top_p: float = 0.95
     min_margin: float = 0.5
     """Judge score gap (1-10 scale, averaged over both orders) below which a pair is dropped."""
+    min_pairs: int | None = None
+    """The stage fails when fewer pairs than this result (None: a quarter of n_prompts)."""
 
 
 @dataclass
@@ -249,10 +277,10 @@ class Settings:
         return getattr(self, name)
 
     def sections_hash(self, names: list[str]) -> str:
-        """Stable short hash of the named sections (feeds Dagster code_version)."""
-        payload = {n: _as_dict(self.section(n)) for n in names}
-        blob = json.dumps(payload, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        """Stable short hash of the named sections (part of a stage's code version)."""
+        from wikigpt_core.spec import config_hash
+
+        return config_hash({n: _as_dict(self.section(n)) for n in names})
 
     def to_dict(self) -> dict[str, Any]:
         return {"profile": self.profile} | {n: _as_dict(getattr(self, n)) for n in _SECTION_NAMES}
@@ -313,7 +341,9 @@ def _preset(name: str) -> Settings:
             model=model,
             pretrain=TrainConfig(max_steps=7_630, batch_size=pre_batch, grad_accum=pre_accum,
                                  lr=6e-4, warmup_steps=700),
-            teacher=TeacherConfig(),
+            # A real LLM teacher and judge; the offline rule system runs here only when a
+            # config names it (`[teacher] backend = "offline"`).
+            teacher=TeacherConfig(backend="openai"),
             sft_data=SFTDataConfig(),
             sft=TrainConfig(epochs=3, batch_size=16, grad_accum=4, lr=3e-5, warmup_steps=100,
                             sample_interval=200, eval_interval=200, ckpt_interval=200),
@@ -326,15 +356,21 @@ def _preset(name: str) -> Settings:
     raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
 
 
-def load_settings(profile: str | None = None, overrides: str | Path | None = None) -> Settings:
+def load_settings(profile: str | None = None, overrides: str | Path | None = None, *,
+                  env: bool = True) -> Settings:
     """Preset named by `profile` (default: $WIKIGPT_PROFILE or tiny), then the TOML overrides
-    file (default: $WIKIGPT_CONFIG), then the dump source from $WIKIGPT_DUMP."""
-    settings = _preset(profile or os.environ.get("WIKIGPT_PROFILE", "tiny"))
-    overrides = overrides or os.environ.get("WIKIGPT_CONFIG")
+    file (default: $WIKIGPT_CONFIG), then the dump source from $WIKIGPT_DUMP. With env=False
+    the environment is not read at all: only the arguments count.
+
+    Only orchestrators call this (the Dagster definitions, `wikigpt`, `--write-spec`); a stage
+    reads its settings from its spec, never from the environment."""
+    environ = os.environ if env else {}
+    settings = _preset(profile or environ.get("WIKIGPT_PROFILE", "tiny"))
+    overrides = overrides or environ.get("WIKIGPT_CONFIG")
     if overrides:
         settings = apply_overrides(settings, _read_toml(Path(overrides)))
-    if os.environ.get("WIKIGPT_DUMP"):
-        settings.dump = dataclasses.replace(settings.dump, source=os.environ["WIKIGPT_DUMP"])
+    if environ.get("WIKIGPT_DUMP"):
+        settings.dump = dataclasses.replace(settings.dump, source=environ["WIKIGPT_DUMP"])
     return settings
 
 
@@ -367,12 +403,37 @@ def wikigpt_home() -> Path:
     return Path(os.environ.get("WIKIGPT_HOME", Path.home() / ".wikigpt")).expanduser()
 
 
-def artifact_dir(settings: Settings, asset: str) -> Path:
-    """Where an asset's artifact lives: $WIKIGPT_HOME/<profile>/<asset>."""
+def asset_root(settings: Settings, asset: str) -> Path:
+    """Where an asset's versions live: $WIKIGPT_HOME/<profile>/<asset>/<version>/."""
     return wikigpt_home() / settings.profile / asset
 
 
-def work_dir(settings: Settings, asset: str) -> Path:
-    """Persistent scratch for resumable work (training checkpoints, finished extraction parts).
-    Survives a killed run; cleared by the stage once its artifact is published."""
-    return wikigpt_home() / settings.profile / "_work" / asset
+def artifact_dir(settings: Settings, asset: str) -> Path:
+    """The asset's latest materialized version, through its `current` pointer."""
+    return asset_root(settings, asset) / CURRENT
+
+
+def version_dir(settings: Settings, asset: str, version: str) -> Path:
+    """The directory that holds exactly one version of an asset; it is never overwritten."""
+    return asset_root(settings, asset) / version
+
+
+def work_dir(settings: Settings, asset: str, version: str) -> Path:
+    """Persistent scratch for resumable work (training checkpoints, finished extraction parts),
+    keyed by the version it builds, so a changed config never resumes an old run. Survives a
+    killed run; cleared by the stage once its artifact is published."""
+    return wikigpt_home() / settings.profile / "_work" / asset / version
+
+
+def section_type(name: str) -> type:
+    """The dataclass of a config section (a spec file stores sections as plain tables)."""
+    if name not in _SECTION_NAMES:
+        raise ValueError(f"unknown config section {name!r}; known: {sorted(_SECTION_NAMES)}")
+    return _SECTION_TYPES[name]
+
+
+def section_from_dict(name: str, values: dict[str, Any]) -> Any:
+    return section_type(name)(**values)
+
+
+_SECTION_TYPES = {n: t for n, t in typing.get_type_hints(Settings).items() if n != "profile"}

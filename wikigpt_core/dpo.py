@@ -1,6 +1,6 @@
 """DPO stage: SFT checkpoint + preference pairs -> DPO checkpoint.
 
-    python -m wikigpt_core.dpo --sft DIR --pairs DIR --tokenizer DIR [--out DIR --work DIR]
+    python -m wikigpt_core.run dpo_checkpoint --spec FILE
 
 Each pair is rendered as the SPEC §3 generation prompt followed by a response (its content
 tokens + <|end|>). The policy starts from the SFT model; a frozen copy of the SFT model is the
@@ -10,7 +10,6 @@ train_cfg.dpo_beta. Logged: loss, reward accuracy, chosen/rejected implicit rewa
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from wikigpt_core.artifacts import StageResult
@@ -68,23 +67,3 @@ def run_dpo(train_cfg, sft_dir: Path, preference_dir: Path, tokenizer_dir: Path,
         out=out, work=work, on_metrics=on_metrics, summarize=summarize,
         tokenizer_dir=Path(tokenizer_dir), tokens_per_micro=tokens, sample=sample,
         flops_per_token=flops_per_token(policy.num_params(), cfg.n_layer, cfg.n_embd, cfg.block_size))
-
-
-def main(argv: list[str] | None = None) -> None:
-    from wikigpt_core.train.cli import add_common_args, run_stage_cli, settings_from_args
-
-    p = argparse.ArgumentParser(prog="python -m wikigpt_core.dpo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sft", type=Path, required=True, help="sft_checkpoint dir")
-    p.add_argument("--pairs", type=Path, required=True, help="preference_dataset dir (pairs.jsonl)")
-    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer dir (tokenizer.json)")
-    add_common_args(p)
-    args = p.parse_args(argv)
-    settings = settings_from_args(args, "dpo")
-    run_stage_cli("dpo", lambda cb: run_dpo(
-        settings.dpo, args.sft, args.pairs, args.tokenizer, args.out, args.work, on_metrics=cb,
-        device=args.device))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,20 +1,15 @@
 """The `eval_report` stage: perplexity, pairwise judge, judge-free harness, gallery, cost table.
 
-    python -m wikigpt_core.evaluate --base DIR --sft DIR --dpo DIR --shards DIR \
-        --sft-dataset DIR --tokenizer DIR --out DIR [--cache DIR] [--upstream FILE.json]
+    python -m wikigpt_core.run eval_report --spec FILE
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
 from pathlib import Path
-from typing import Any
 
-from wikigpt_core.align.offline import CUT_MARK
 from wikigpt_core.align.preferences import read_jsonl
-from wikigpt_core.align.teacher import make_judge
 from wikigpt_core.artifacts import ArtifactWriter, StageResult
 from wikigpt_core.config import EvalConfig, TeacherConfig
 from wikigpt_core.eval.gallery import run_gallery
@@ -22,7 +17,13 @@ from wikigpt_core.eval.generation import Reply, generate_replies, pick_device
 from wikigpt_core.eval.harness import HarnessRecord, score_harness
 from wikigpt_core.eval.pairwise import PairCase, judge_debiased, win_tie_loss
 from wikigpt_core.eval.perplexity import perplexity
-from wikigpt_core.eval.report import CHECKPOINTS, build_report, cost_rows, flat_stats, render_markdown, tables
+from wikigpt_core.eval.report import (CHECKPOINTS, build_report, cost_rows, flat_stats, render_markdown,
+                                      render_table, tables)
+from wikigpt_core.llm.budget import FailureBudget, request_cap
+from wikigpt_core.llm.client import make_client
+from wikigpt_core.llm.judge import Judge
+from wikigpt_core.llm.labels import is_rule_system, who
+from wikigpt_core.llm.offline import CUT_MARK
 
 
 def _judge_view(r: Reply) -> str:
@@ -31,7 +32,9 @@ def _judge_view(r: Reply) -> str:
 
 def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str, Path], shards_dir: Path,
              sft_dataset_dir: Path, tokenizer_dir: Path, out: Path, upstream: dict[str, dict] | None = None,
-             cache_dir: Path | None = None) -> StageResult:
+             cache_dir: Path | None = None, *, base_url: str | None = None) -> StageResult:
+    """`base_url` overrides `teacher_cfg.base_url` for the judge (a launched endpoint). The judge
+    passes stop with TeacherBudgetError, publishing nothing, when too many verdicts fail."""
     from wikigpt_core.model_io import load_model
     from wikigpt_core.tokenizer import WikiTokenizer
 
@@ -66,7 +69,11 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
                               replies[c][r["messages"][0]["content"]].stopped) for r in harness_rows]
         harness[c] = score_harness(recs)
 
-    judge = make_judge(teacher_cfg, cache_dir)
+    # Two pairwise passes, each pair judged in both orders: 4 requests per prompt planned.
+    planned = 4 * len(pair_rows)
+    client = make_client(teacher_cfg, cache_dir, base_url=base_url, max_requests=request_cap(teacher_cfg, planned))
+    budget = FailureBudget("eval_report", teacher_cfg, client, asked=planned, unit="verdicts")
+    judge = Judge(client, budget)
     pairwise = {}
     for name, cand, base in (("sft_vs_base", "sft", "base"), ("dpo_vs_sft", "dpo", "sft")):
         cases = []
@@ -84,7 +91,9 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
     # (the DataVersion) on every rerun; it is reported in the stats instead.
     tabs = tables(report, cost_rows(upstream))
     seconds = time.perf_counter() - t0
-    notes = {"judge": f"{teacher_cfg.backend}:{judge.client.model}", "heldout": len(heldout),
+    notes = {"judge": f"{teacher_cfg.backend}:{judge.client.model}",
+             "judge_who": who(teacher_cfg.backend, judge.client.model),
+             "judge_is_rules": is_rule_system(teacher_cfg.backend), "heldout": len(heldout),
              "harness_n": len(harness_rows), "pairwise_n": len(pair_rows),
              "harness_temperature": cfg.harness_temperature, "max_new_tokens": cfg.max_new_tokens}
     stopped = {(g["id"], c): g[f"{c}_stopped"] for g in gallery for c in CHECKPOINTS}
@@ -92,43 +101,15 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
     inputs = {c: str(p) for c, p in checkpoints.items()}
     with ArtifactWriter(out, stage="eval_report", config=config, inputs=inputs) as w:
         (w.dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        (w.dir / "report.md").write_text(render_markdown(report, tabs, notes, stopped))
+        results_only = {k: v for k, v in tabs.items() if k != "cost"}
+        (w.dir / "report.md").write_text(render_markdown(report, results_only, notes, stopped))
+        (w.run_dir / "costs.md").write_text("# Cost and time (from upstream metadata)\n\n"
+                                            + render_table(tabs["cost"]))
         w.stats.update(flat_stats(report))
         w.stats.update({"harness_n": len(harness_rows), "pairwise_prompts": len(pair_rows),
-                        "judge_backend": teacher_cfg.backend, "eval_seconds": round(seconds, 3),
-                        **judge.usage.as_stats("judge_")})
+                        "judge_backend": teacher_cfg.backend, "judge_model": judge.client.model,
+                        "eval_seconds": round(seconds, 3),
+                        **judge.usage.as_stats("judge_"), **budget.stats("judge_")})
         # Lists of flat rows: the pipeline renders each as a Dagster table.
         w.stats.update({f"{name}_table": rows for name, rows in tabs.items()})
     return w.result
-
-
-def main(argv: list[str] | None = None) -> None:
-    from wikigpt_core.config import load_settings
-    from wikigpt_core.pipes_bridge import stage_reporter
-
-    ap = argparse.ArgumentParser(
-        prog="python -m wikigpt_core.evaluate",
-        description="Evaluate the base, SFT and DPO checkpoints: perplexity, pairwise judge "
-                    "(position-debiased), judge-free harness, the 20-prompt gallery, cost table. "
-                    "Writes report.md and report.json under --out.")
-    for c in CHECKPOINTS:
-        ap.add_argument(f"--{c}", type=Path, required=True, help=f"{c} checkpoint directory")
-    ap.add_argument("--shards", type=Path, required=True, help="token_shards directory (val.bin)")
-    ap.add_argument("--sft-dataset", type=Path, required=True, help="sft_dataset directory (heldout.jsonl)")
-    ap.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--cache", type=Path, default=None, help="judge response cache directory")
-    ap.add_argument("--upstream", type=Path, default=None,
-                    help="JSON file {asset: stats} for the cost and time table")
-    ap.add_argument("--profile", default=None, help="settings profile (default $WIKIGPT_PROFILE or tiny)")
-    a = ap.parse_args(argv)
-    s = load_settings(a.profile)
-    upstream: dict[str, Any] | None = json.loads(a.upstream.read_text()) if a.upstream else None
-    with stage_reporter("eval_report") as rep:
-        res = run_eval(s.eval, s.teacher, {"base": a.base, "sft": a.sft, "dpo": a.dpo}, a.shards,
-                       a.sft_dataset, a.tokenizer, a.out, upstream=upstream, cache_dir=a.cache)
-        rep.report(res)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,14 +1,13 @@
 """Pretraining stage: token shards -> base checkpoint.
 
-    python -m wikigpt_core.pretrain --shards DIR --out DIR --work DIR [--profile tiny]
-    torchrun --nproc_per_node 4 -m wikigpt_core.pretrain ...      # DDP
+    python -m wikigpt_core.run base_checkpoint --spec FILE
+    torchrun --nproc_per_node 4 -m wikigpt_core.run base_checkpoint --spec FILE   # DDP
 
 Random seq_len windows from train.bin (np.memmap), next-token loss, val loss on a fixed set
 of val.bin windows every eval_interval steps, a sample every sample_interval steps.
 """
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -77,22 +76,3 @@ def _sampler(tokenizer_dir: Path | None, device, seed: int):
         from wikigpt_core.tokenizer import WikiTokenizer
         tok = WikiTokenizer.load(tokenizer_dir)
     return document_sampler(tok, device, seed)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from wikigpt_core.train.cli import add_common_args, run_stage_cli, settings_from_args
-
-    p = argparse.ArgumentParser(prog="python -m wikigpt_core.pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", type=Path, required=True, help="token_shards artifact dir (train.bin, val.bin, meta.json)")
-    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer dir, to decode samples (optional)")
-    add_common_args(p)
-    args = p.parse_args(argv)
-    settings = settings_from_args(args, "pretrain")
-    run_stage_cli("pretrain", lambda cb: run_pretrain(
-        settings.model, settings.pretrain, args.shards, args.out, args.work, on_metrics=cb,
-        device=args.device, tokenizer_dir=args.tokenizer))
-
-
-if __name__ == "__main__":
-    main()

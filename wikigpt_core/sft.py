@@ -1,6 +1,6 @@
 """Supervised fine-tuning stage (SPEC §3): base checkpoint + SFT dataset -> SFT checkpoint.
 
-    python -m wikigpt_core.sft --base DIR --data DIR --tokenizer DIR [--out DIR --work DIR]
+    python -m wikigpt_core.run sft_checkpoint --spec FILE
 
 Each example is rendered with `chat.render_example` (user turns and <|assistant|> at -100,
 assistant content and its closing <|end|> trained), packed greedily into block_size blocks,
@@ -10,7 +10,6 @@ packed block trains exactly like its examples run one at a time. A fresh AdamW i
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from wikigpt_core.artifacts import StageResult
@@ -82,23 +81,3 @@ def _chat_sampler(dataset_dir: Path, tok, device):
     src = dataset_dir / "heldout.jsonl"
     rows = read_jsonl(src if src.exists() else dataset_dir / "train.jsonl")
     return chat_sampler(rows[0]["messages"], tok, device) if rows else None
-
-
-def main(argv: list[str] | None = None) -> None:
-    from wikigpt_core.train.cli import add_common_args, run_stage_cli, settings_from_args
-
-    p = argparse.ArgumentParser(prog="python -m wikigpt_core.sft", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", type=Path, required=True, help="base_checkpoint dir (model.safetensors, config.json)")
-    p.add_argument("--data", type=Path, required=True, help="sft_dataset dir (train.jsonl, heldout.jsonl)")
-    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer dir (tokenizer.json)")
-    add_common_args(p)
-    args = p.parse_args(argv)
-    settings = settings_from_args(args, "sft")
-    run_stage_cli("sft", lambda cb: run_sft(
-        settings.sft, args.base, args.data, args.tokenizer, args.out, args.work, on_metrics=cb,
-        device=args.device))
-
-
-if __name__ == "__main__":
-    main()

@@ -3,6 +3,7 @@
     wikigpt run       [--profile tiny|124m|350m] [--dump sample|PATH|enwiki/YYYYMMDD]
     wikigpt refresh   [--dry-run]
     wikigpt status
+    wikigpt gc        [--dry-run]           (remove versions no materialization refers to)
     wikigpt ui        [--port 3000]         (dagster dev on this repo, persistent DAGSTER_HOME)
     wikigpt serve     [--release PATH] [--host 127.0.0.1] [--port 8000]
     wikigpt chat      [--url http://127.0.0.1:8000]
@@ -31,12 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_ in [("run", "materialize every asset, dump to release"),
                         ("refresh", "materialize missing and stale assets until none is stale"),
                         ("status", "each asset's stale status and artifact path"),
+                        ("gc", "remove artifact versions that no materialization or `current` refers to"),
                         ("ui", "start the Dagster UI (dagster dev) on this code location")]:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--profile", choices=["tiny", "124m", "350m"], help="sets WIKIGPT_PROFILE")
         p.add_argument("--dump", help="sets WIKIGPT_DUMP: sample, a local .xml.bz2, or enwiki/YYYYMMDD")
-        if name == "refresh":
-            p.add_argument("--dry-run", action="store_true", help="print what would run and why")
+        if name in ("refresh", "gc"):
+            p.add_argument("--dry-run", action="store_true",
+                           help="print what would run and why" if name == "refresh" else "only list what would go")
         if name == "ui":
             p.add_argument("--port", type=int, default=3000)
     sub.add_parser("serve", help="serve a release over HTTP (see `wikigpt serve --help`)")
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["WIKIGPT_PROFILE"] = args.profile
     if args.dump:
         os.environ["WIKIGPT_DUMP"] = args.dump
-    return {"run": _run, "refresh": _refresh, "status": _status, "ui": _ui}[args.command](args)
+    return {"run": _run, "refresh": _refresh, "status": _status, "gc": _gc, "ui": _ui}[args.command](args)
 
 
 def _load():
@@ -123,9 +126,28 @@ def _status(args) -> int:
     instance, defs = _load()
     settings = load_settings()
     for s in staleness.stale_status(instance, defs):
-        print(f"{s.key:<20} {s.status:<8} {artifact_dir(settings, s.key)}"
+        current = artifact_dir(settings, s.key)
+        where = current.resolve() if current.exists() else "-"
+        print(f"{s.key:<20} {s.status:<8} {where}"
               + (f"  ({'; '.join(s.causes)})" if s.causes else ""))
     return 0
+
+
+def _gc(args) -> int:
+    from wikigpt_core.config import wikigpt_home
+    from wikigpt_pipeline.gc import collect
+
+    instance, _ = _load()
+    garbage = collect(instance, wikigpt_home(), dry_run=args.dry_run)
+    for g in garbage:
+        print(f"{'would remove' if args.dry_run else 'removed'} {g.path} ({_mb(g.bytes)}; {g.reason})")
+    total = sum(g.bytes for g in garbage)
+    print(f"{'would free' if args.dry_run else 'freed'} {_mb(total)} in {len(garbage)} version(s)")
+    return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def _ui(args) -> int:

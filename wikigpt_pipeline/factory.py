@@ -1,135 +1,162 @@
-"""`stage_asset`: one decorator that turns a core stage call into a thin Dagster asset.
+"""`stage_asset`: the one Dagster asset shape, built from a stage's registry declaration.
 
-Versioning (what makes "rerun only what is stale" exact):
-- code_version = "<stage code version>-<hash of the stage's config sections>", so editing a
-  config value marks exactly that asset (and, once it reruns with new bytes, its downstream)
-  stale;
-- DataVersion = content hash of the artifact, so a rerun that writes identical bytes marks
-  nothing downstream stale.
+For every run the asset resolves the stage's spec (config sections, the upstreams' current
+versions and their content hashes, the versioned out/work dirs), then:
+
+- if that version's directory is already complete, records a cache hit: the materialization
+  points at those bytes and carries their content hash, and no stage code runs;
+- else runs the stage: in this process, or through the `launcher` resource (a local subprocess
+  or a rented GPU, over Dagster Pipes) with the spec written to a file.
+
+Either way the asset's `current` pointer moves to that version. Versioning:
+
+- code_version = "<stage version>-<hash of its config sections>" (wikigpt_core.spec), so
+  editing a config value marks exactly that asset stale;
+- DataVersion = content hash of what consumers read, so a rerun that reproduces its outputs
+  marks nothing downstream stale.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Iterator
 
 import dagster as dg
 
-from wikigpt_core.artifacts import StageResult, content_hash, read_manifest
-from wikigpt_core.config import Settings, artifact_dir, work_dir
-from wikigpt_pipeline.metadata import materialize_result
+from wikigpt_core.artifacts import MANIFEST, content_hash, point_current, read_manifest
+from wikigpt_core.config import Settings, asset_root
+from wikigpt_core.pipes_bridge import StageReporter
+from wikigpt_core.spec import StageSpec
+from wikigpt_core.stages import Stage, fingerprint, resolve_spec, stage_code_version
+from wikigpt_pipeline import previews
+from wikigpt_pipeline.automation import data_eager
+from wikigpt_pipeline.metadata import materialize_result, to_metadata
+
+GPU_POOL = "gpu"  # one GPU stage at a time; see dagster.yaml
+RECOMPUTE_TAG = "wikigpt/recompute"
+"""Run tag: "true" runs the stages even where their version is complete (e.g. to check that a
+stage reproduces its bytes); the version directory is then replaced atomically."""
+NETWORK_RETRY = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL)
 
 
-@dataclass
-class StageIO:
-    """Paths a stage reads and writes, resolved from settings."""
+class ContextReporter(StageReporter):
+    """The stage reporter of an in-process stage: progress goes to the Dagster run log, just
+    as a launched stage's Pipes messages do."""
 
-    settings: Settings
-    name: str
-    deps: tuple[str, ...]
+    def __init__(self, stage: str, context: dg.AssetExecutionContext) -> None:
+        super().__init__(stage)
+        self.context = context
 
-    @property
-    def out(self) -> Path:
-        return artifact_dir(self.settings, self.name)
+    def log(self, message: str) -> None:
+        self.context.log.info(f"[{self.stage}] {message}")
 
-    @property
-    def work(self) -> Path:
-        return work_dir(self.settings, self.name)
+    def report(self, result) -> None:
+        self.context.log.info(f"[{self.stage}] done: {result.path} ({result.content_hash[:12]})")
 
-    def input(self, dep: str) -> Path:
-        """The finished artifact of an upstream asset (raises a clear error if missing)."""
-        if dep not in self.deps:
-            raise KeyError(f"{self.name} does not depend on {dep}")
-        path = artifact_dir(self.settings, dep)
-        read_manifest(path)  # raises FileNotFoundError naming the asset to materialize
-        return path
+    def _emit_metrics(self, metrics, step: int) -> None:
+        from wikigpt_core.pipes_bridge import _format_metrics
 
-    def manifest(self, asset: str) -> dict[str, Any]:
-        """Any upstream asset's manifest (stats, content hash), for lineage figures."""
-        return read_manifest(artifact_dir(self.settings, asset))
-
-    def launch(self, context: dg.AssetExecutionContext, stage: str, inputs: dict[str, Path],
-               resumable: bool = True) -> dg.MaterializeResult:
-        """Run `python -m wikigpt_core.<stage>` through the `launcher` resource (a local
-        subprocess or a rented GPU), over Dagster Pipes. `inputs` maps CLI flags to upstream
-        artifact dirs; `resumable` stages also get their --work scratch dir. The artifact that
-        comes back must hash to the DataVersion the stage reported, so a partial copy can never
-        be recorded as the materialization."""
-        args = [a for flag, path in inputs.items() for a in (flag, str(path))]
-        args += ["--out", str(self.out), "--profile", self.settings.profile]
-        if resumable:  # stages with resumable scratch (training) take a --work dir
-            args += ["--work", str(self.work)]
-        result = context.resources.launcher.run_stage(context, stage, args, [self.out])
-        reported = result.data_version.value if result.data_version else None
-        local = content_hash(self.out)
-        if reported != local:
-            raise RuntimeError(f"{self.name}: artifact at {self.out} hashes to {local[:12]}, but the "
-                               f"stage reported {str(reported)[:12]}; rerun the asset")
-        return result
+        self.context.log.info(f"[{self.stage}] {_format_metrics(metrics, step)}")
 
 
-def code_version(settings: Settings, version: str, sections: tuple[str, ...], extra: str = "") -> str:
-    digest = settings.sections_hash(list(sections))
-    return f"{version}-{digest}" + (f"-{extra}" if extra else "")
+def is_complete(out: Path) -> bool:
+    """A version directory appears only by an atomic rename of a finished artifact, so a
+    manifest in it means every byte is there."""
+    return (Path(out) / MANIFEST).is_file()
 
 
-def stage_asset(
-    settings: Settings,
-    *,
-    name: str,
-    deps: tuple[str, ...],
-    sections: tuple[str, ...],
-    version: str,
-    group: str,
-    kinds: set[str] | None = None,
-    pool: str | None = None,
-    retry_policy: dg.RetryPolicy | None = None,
-    fingerprint: str = "",
-    automation_condition: dg.AutomationCondition | None = None,
-    resources: set[str] | None = None,
-    preview: Callable[[Path], dict[str, dg.MetadataValue]] | None = None,
-) -> Callable[[Callable[[dg.AssetExecutionContext, StageIO], StageResult]], dg.AssetsDefinition]:
-    """Decorate `compute(context, io) -> StageResult` (in-process stage) or a launched stage's
-    `MaterializeResult` (see StageIO.launch); the docstring becomes the description."""
-
-    def decorator(compute: Callable[[dg.AssetExecutionContext, StageIO], StageResult]) -> dg.AssetsDefinition:
-        @dg.asset(
-            name=name,
-            deps=list(deps),
-            code_version=code_version(settings, version, sections, fingerprint),
-            group_name=group,
-            description=compute.__doc__,
-            kinds=kinds,
-            pool=pool,
-            retry_policy=retry_policy,
-            automation_condition=automation_condition,
-            required_resource_keys=resources,
-        )
-        def _asset(context) -> dg.MaterializeResult:  # context: AssetExecutionContext
-            io = StageIO(settings, name, deps)
-            try:
-                result = compute(context, io)
-            except Exception:
-                context.log.exception(f"{name} failed; the previous artifact at {io.out} is untouched")
-                raise
-            extra = _previews(context, preview, io.out)
-            if isinstance(result, dg.MaterializeResult):  # launched: metadata came over Pipes
-                metadata = {"path": dg.MetadataValue.path(str(io.out)), **(result.metadata or {}), **extra}
-                return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)
-            context.log.info(f"{name}: wrote {result.path} (content {result.content_hash[:12]})")
-            return materialize_result(result, extra)
-
-        return _asset
-
-    return decorator
+def cache_hit(spec: StageSpec) -> dg.MaterializeResult:
+    manifest = read_manifest(spec.out)
+    metadata = {"path": dg.MetadataValue.path(str(spec.out)), **to_metadata(manifest.get("stats", {}))}
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(manifest["content_hash"]))
 
 
-def _previews(context, preview, out: Path) -> dict[str, dg.MetadataValue]:
+def launch(context: dg.AssetExecutionContext, stage: Stage, spec: StageSpec) -> dg.MaterializeResult:
+    """Run `python -m wikigpt_core.run STAGE --spec FILE` through the `launcher` resource. The
+    artifact that comes back must hash to the DataVersion the stage reported, so a partial copy
+    can never be recorded as the materialization."""
+    with tempfile.TemporaryDirectory(prefix=f"wikigpt-{stage.name}-spec-") as tmp:
+        spec_file = spec.write(Path(tmp) / "spec.json")
+        result = context.resources.launcher.run_stage(context, stage.name, ["--spec", str(spec_file)],
+                                                      [spec.out])
+    reported = result.data_version.value if result.data_version else None
+    local = content_hash(spec.out)
+    if reported != local:
+        raise RuntimeError(f"{stage.name}: artifact at {spec.out} hashes to {local[:12]}, but the "
+                           f"stage reported {str(reported)[:12]}; rerun the asset")
+    return result
+
+
+@contextmanager
+def services(context: dg.AssetExecutionContext, stage: Stage, settings: Settings) -> Iterator[dict[str, str]]:
+    """Endpoints a stage needs for this run only: a teacher rented through the launcher when
+    `[teacher] launch = "skypilot"`, torn down when the stage ends."""
+    if not (stage.teacher and getattr(settings.teacher, "launch", "") == "skypilot"):
+        yield {}
+        return
+    with context.resources.launcher.teacher_endpoint(context) as url:
+        yield {"teacher_url": url} if url else {}
+
+
+def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
+    fp = fingerprint(stage, settings)  # cheap, local: the dump source's identity
+    needs_launcher = stage.launched or stage.teacher
+
+    @dg.asset(
+        name=stage.name,
+        deps=list(stage.inputs),
+        code_version=stage_code_version(stage, settings, fp),
+        group_name=stage.group,
+        description=stage.description,
+        kinds=set(stage.kinds) or None,
+        pool=GPU_POOL if stage.gpu else None,
+        retry_policy=NETWORK_RETRY if stage.network else None,
+        automation_condition=data_eager() if stage.automation else None,
+        required_resource_keys={"launcher"} if needs_launcher else None,
+    )
+    def _asset(context) -> dg.MaterializeResult:  # context: AssetExecutionContext
+        spec = resolve_spec(settings, stage.name, fingerprint_=fp)
+        hit = is_complete(spec.out) and context.run.tags.get(RECOMPUTE_TAG) != "true"
+        try:
+            if hit:
+                context.log.info(f"{stage.name}: version {spec.version} is complete at {spec.out}; "
+                                 "recording it without running the stage")
+                result = cache_hit(spec)
+            else:
+                with services(context, stage, settings) as endpoints:
+                    spec = dataclasses.replace(spec, services=endpoints)
+                    result = run_stage(context, stage, spec)
+        except Exception:
+            context.log.exception(f"{stage.name} failed; no version was written and earlier "
+                                  f"versions under {asset_root(settings, stage.name)} are untouched")
+            raise
+        point_current(spec.out)
+        metadata = {**(result.metadata or {}), "path": dg.MetadataValue.path(str(spec.out)),
+                    "version": spec.version, "cache_hit": hit, **_previews(context, stage, spec.out)}
+        return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)
+
+    return _asset
+
+
+def run_stage(context, stage: Stage, spec: StageSpec) -> dg.MaterializeResult:
+    if stage.launched:
+        return launch(context, stage, spec)
+    from wikigpt_core.run import run_spec
+
+    # The same runner as the CLI, reporting to this run's log instead of Pipes or the terminal.
+    result = run_spec(spec, ContextReporter(stage.name, context))
+    return materialize_result(result)
+
+
+def _previews(context, stage: Stage, out: Path) -> dict[str, dg.MetadataValue]:
     """A preview is a nicety: if it cannot be built, say so and keep the materialization."""
-    if preview is None:
+    if not stage.preview:
         return {}
     try:
-        return preview(out)
+        return getattr(previews, stage.preview)(out)
     except Exception as e:  # noqa: BLE001 - previews never fail a stage
         context.log.warning(f"no preview for {out}: {e!r}")
         return {}
+

@@ -29,12 +29,12 @@ def _jsonl(path: Path, n: int) -> list[dict]:
         return [json.loads(line) for line in islice(f, n)]
 
 
-def articles(filename: str) -> Preview:
-    def preview(path: Path) -> dict[str, dg.MetadataValue]:
-        rows = next(pq.ParquetFile(path / filename).iter_batches(batch_size=3)).to_pylist()
-        body = "\n\n".join(f"**[{r['title']}]({r['url']})**\n\n{_quote(r['text'])}" for r in rows)
-        return {"preview": _md(body)}
-    return preview
+def articles(path: Path) -> dict[str, dg.MetadataValue]:
+    """The first rows of the artifact's parquet file (articles or corpus)."""
+    (parquet,) = sorted(path.glob("*.parquet"))
+    rows = next(pq.ParquetFile(parquet).iter_batches(batch_size=3)).to_pylist()
+    body = "\n\n".join(f"**[{r['title']}]({r['url']})**\n\n{_quote(r['text'])}" for r in rows)
+    return {"preview": _md(body)}
 
 
 def chat_examples(path: Path) -> dict[str, dg.MetadataValue]:
@@ -55,7 +55,9 @@ def preference_pairs(path: Path) -> dict[str, dg.MetadataValue]:
 
 
 def training_samples(path: Path) -> dict[str, dg.MetadataValue]:
-    log = path / "log.jsonl"
+    from wikigpt_core.train.stage import training_log
+
+    log = training_log(path)
     if not log.exists():
         return {}
     samples = [r for r in map(json.loads, log.read_text().splitlines()) if "sample" in r]

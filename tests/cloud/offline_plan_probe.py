@@ -15,6 +15,8 @@ from sky import check as sky_check
 from sky import execution, optimizer
 from sky.clouds import cloud as cloud_lib
 
+from wikigpt_core.config import load_settings
+from wikigpt_core.stages import STAGES, resolve_spec
 from wikigpt_pipeline.launchers.remote_plan import plan_task
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,34 +42,30 @@ def main(scratch: Path) -> None:
                                                 "sft_checkpoint", "dpo_checkpoint")}
     for path in inputs.values():
         path.mkdir(parents=True, exist_ok=True)
-        (path / "manifest.json").write_text("{}")
+        (path / "manifest.json").write_text(json.dumps({"content_hash": "0" * 64}))
     out = scratch / "outputs"
-    # The stage CLIs' own flags (python -m wikigpt_core.<stage> --help).
-    stages = {
-        "pretrain": ["--shards", inputs["token_shards"], "--tokenizer", inputs["tokenizer"],
-                     "--out", out / "base_checkpoint", "--work", scratch / "_work" / "base"],
-        "sft": ["--base", inputs["base_checkpoint"], "--data", inputs["sft_dataset"],
-                "--tokenizer", inputs["tokenizer"], "--out", out / "sft_checkpoint"],
-        "dpo": ["--sft", inputs["sft_checkpoint"], "--pairs", inputs["preference_dataset"],
-                "--tokenizer", inputs["tokenizer"], "--out", out / "dpo_checkpoint"],
-        "evaluate": ["--base", inputs["base_checkpoint"], "--sft", inputs["sft_checkpoint"],
-                     "--dpo", inputs["dpo_checkpoint"], "--shards", inputs["token_shards"],
-                     "--sft-dataset", inputs["sft_dataset"], "--tokenizer", inputs["tokenizer"],
-                     "--out", out / "eval_report"],
-    }
-    env = {"HF_TOKEN": "hf_fake", "WIKIGPT_PROFILE": "124m"}
+    # Each launched stage's spec, resolved as the asset resolves it (124m profile).
+    settings = load_settings("124m", env=False)
+    stages = {}
+    for name in ("base_checkpoint", "sft_checkpoint", "dpo_checkpoint", "eval_report"):
+        stage_inputs = {dep: inputs[dep] for dep in STAGES[name].inputs}
+        spec = resolve_spec(settings, name, stage_inputs, out=out / name, work=scratch / "_work" / name)
+        stages[name] = spec.write(scratch / f"{name}.spec.json")
+    env = {"HF_TOKEN": "hf_fake"}
     result = {"enabled": {k: list(map(str, v)) for k, v in enabled.items()}, "plans": {}}
     plans = {}
-    for stage, args in stages.items():
-        plan = plan_task(sky_dir=REPO / "sky", stage=stage, cli_args=[str(a) for a in args],
-                         outputs=[Path(args[args.index("--out") + 1])], workdir=REPO,
-                         environ=env)
+    for stage, spec_file in stages.items():
+        plan = plan_task(sky_dir=REPO / "sky", stage=stage, cli_args=["--spec", str(spec_file)],
+                         outputs=[out / stage], workdir=REPO, environ=env)
         plans[stage] = plan
+        mounts = plan.config.get("file_mounts", {})
         result["plans"][stage] = {"chosen": chosen(plan.config),
                                   "args": plan.config["envs"]["WIKIGPT_STAGE_ARGS"],
-                                  "file_mounts": plan.config.get("file_mounts", {})}
-    spot = plan_task(sky_dir=REPO / "sky", stage="pretrain",
-                     cli_args=[str(a) for a in stages["pretrain"]],
+                                  "stage": plan.config["envs"]["WIKIGPT_STAGE"],
+                                  "remote_spec": json.loads(Path(mounts["~/wikigpt_io/in/spec.json"]).read_text()),
+                                  "file_mounts": mounts}
+    spot = plan_task(sky_dir=REPO / "sky", stage="base_checkpoint",
+                     cli_args=["--spec", str(stages["base_checkpoint"])],
                      outputs=[out / "base_checkpoint"], workdir=REPO, environ=env,
                      use_spot=True, hub_repo="someone/wikigpt-runs")
     result["spot"] = chosen(spot.config)
@@ -76,7 +74,7 @@ def main(scratch: Path) -> None:
     teacher_dag.add(teacher)
     optimizer.Optimizer.optimize(teacher_dag, quiet=True)
     result["teacher_hourly"] = teacher.best_resources.get_cost(3600)
-    job_id, handle = execution.launch(sky.Task.from_yaml_config(copy.deepcopy(plans["pretrain"].config)),
+    job_id, handle = execution.launch(sky.Task.from_yaml_config(copy.deepcopy(plans["base_checkpoint"].config)),
                                       cluster_name="wikigpt-pretrain-dryrun0", dryrun=True,
                                       _quiet_optimizer=True)
     result["dryrun"] = {"job_id": job_id, "handle": handle is not None}

@@ -193,16 +193,17 @@ def test_model_card_usage_snippet_runs(built, capsys):
 
 
 def test_release_cli_reads_lineage_from_manifests(built, tmp_path):
-    """`python -m wikigpt_core.release` on a WIKIGPT_HOME laid out like the pipeline's."""
+    """The stage CLI on a WIKIGPT_HOME laid out like the pipeline's: `--write-spec` resolves the
+    upstreams' current versions, and `--spec` runs the release from that spec alone."""
     import subprocess
 
-    from wikigpt_core.artifacts import ArtifactWriter
+    from wikigpt_core.artifacts import ArtifactWriter, point_current
     from wikigpt_core.model_io import save_model
 
     _, model, tok = built
     home = tmp_path / "home"
     for name, entry in support.LINEAGE.items():
-        with ArtifactWriter(home / "tiny" / name, stage=name) as w:
+        with ArtifactWriter(home / "tiny" / name / "v1", stage=name) as w:
             w.stats.update(entry["stats"])
             if name == "dpo_checkpoint":
                 save_model(model, w.dir)
@@ -210,17 +211,24 @@ def test_release_cli_reads_lineage_from_manifests(built, tmp_path):
                 tok.backend.save(str(w.dir / "tokenizer.json"))
             elif name == "eval_report":
                 (w.dir / "report.json").write_text(json.dumps(support.REPORT))
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("HF_")}
-    env |= {"WIKIGPT_HOME": str(home), "WIKIGPT_PROFILE": "tiny"}
-    out = subprocess.run([sys.executable, "-m", "wikigpt_core.release"], cwd=support.ROOT, env=env,
+        point_current(w.out)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("HF_", "WIKIGPT_"))}
+    env |= {"WIKIGPT_HOME": str(home)}
+    spec = tmp_path / "spec.json"
+    cli = [sys.executable, "-m", "wikigpt_core.run", "hf_release"]
+    wrote = subprocess.run([*cli, "--write-spec", str(spec), "--profile", "tiny"], cwd=support.ROOT,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert wrote.returncode == 0, wrote.stderr
+    out = subprocess.run([*cli, "--spec", str(spec)], cwd=support.ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    release = home / "tiny" / "hf_release"
+    release = Path(json.loads(spec.read_text())["out"])
+    assert release.parent == home / "tiny" / "hf_release"  # a version dir, named by its hash
     card = (release / "README.md").read_text()
     assert "3,141,592" in card and "| 77 |" in card and "RTX4090:1 (skypilot)" in card
     manifest = json.loads((release / "manifest.json").read_text())
     assert manifest["stats"]["published"] is False
-    dpo_hash = json.loads((home / "tiny" / "dpo_checkpoint" / "manifest.json").read_text())["content_hash"]
+    dpo_hash = json.loads((home / "tiny" / "dpo_checkpoint" / "v1" / "manifest.json").read_text())["content_hash"]
     assert manifest["inputs"]["dpo_checkpoint"] == dpo_hash
     run = json.loads((release / "run_manifest.json").read_text())
     assert run["checkpoints"]["dpo_checkpoint"]["content_hash"] == dpo_hash

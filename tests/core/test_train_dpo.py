@@ -99,7 +99,7 @@ def test_run_dpo_stage(tmp_path, tok):
     assert st["margin"] == pytest.approx(st["chosen_reward"] - st["rejected_reward"], abs=1e-5)
     assert 0.0 <= st["reward_accuracy"] <= 1.0
     assert any("dpo/reward_accuracy" in m for _, m in seen)
-    log = [json.loads(l) for l in (res.path / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(l) for l in (res.path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("sample" in row for row in log)
     # the reference (the SFT input) is untouched; the policy moved
     before, after = load_model(tmp_path / "sft"), load_model(res.path)

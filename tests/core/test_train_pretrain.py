@@ -82,13 +82,13 @@ def test_run_pretrain_stage(tmp_path, shards, monkeypatch):
     assert st["params"] == load_model(res.path).num_params()
     # The W&B run (offline dir here) is in the manifest stats, not in the hashed metrics.json.
     assert Path(st["wandb_run"]).name.startswith("offline-run-") and Path(st["wandb_run"]).is_dir()
-    assert json.loads((res.path / "metrics.json").read_text()) == {k: v for k, v in st.items() if k != "wandb_run"}
+    assert json.loads((res.path / "run" / "metrics.json").read_text()) == {k: v for k, v in st.items() if k != "wandb_run"}
     manifest = json.loads((res.path / "manifest.json").read_text())
     assert manifest["stats"]["steps"] == 6 and manifest["content_hash"] == res.content_hash
     keys = set().union(*(m.keys() for _, m in seen))
     assert {"loss/train", "loss/val", "ppl/val", "lr", "grad_norm", "tps", "time/step_ms"} <= keys
     assert all(isinstance(v, (int, float)) for _, m in seen for v in m.values())
-    log = [json.loads(l) for l in (res.path / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(l) for l in (res.path / "run" / "log.jsonl").read_text().splitlines()]
     assert any(isinstance(r.get("sample"), str) and r["sample"] for r in log)  # decoded text
     assert list((tmp_path / "work" / "wandb").glob("offline-run-*/run-*.wandb"))  # offline W&B files
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.core.train_support import result_stats, make_shards, make_tokenizer, micro_model, micro_toml, micro_train, single_thread  # noqa: F401 (fixture)
+from tests.core.train_support import result_stats, make_shards, make_tokenizer, micro_model, micro_toml, micro_train, single_thread, stage_spec  # noqa: F401 (fixture)
 from wikigpt_core.pretrain import run_pretrain
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -64,7 +64,7 @@ def test_resume_is_bit_identical(tmp_path, shards):
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
     for key in ("steps", "tokens_trained", "initial_loss", "train_loss", "val_loss"):
         assert resumed.stats[key] == full.stats[key], key
-    log = [json.loads(l) for l in (resumed.path / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(l) for l in (resumed.path / "run" / "log.jsonl").read_text().splitlines()]
     assert {"step": 4, "resumed_from": 4} in log
     train_steps = [r["step"] for r in log if "loss/train" in r]
     assert train_steps == [1, 2, 3, 4, 5, 6]  # the lost step 5 of the crashed run is not duplicated
@@ -108,7 +108,7 @@ def test_changed_config_does_not_resume(tmp_path, shards):
                      on_metrics=crash_at(4))
     old_keys = {p.name for p in work.iterdir() if len(p.name) == 16}
     res = run_pretrain(micro_model(vocab), micro_train(max_steps=4, lr=1e-3), shards_dir, tmp_path / "o", work)
-    log = (res.path / "log.jsonl").read_text()
+    log = (res.path / "run" / "log.jsonl").read_text()
     assert "resumed_from" not in log
     assert not any((work / k).exists() for k in old_keys)  # the stale run's checkpoints are gone
 
@@ -120,11 +120,11 @@ PRETRAIN = dict(batch_size=4, grad_accum=2, lr=3e-3, warmup_steps=2, eval_interv
 def test_sigkill_then_restart_continues_from_last_checkpoint(tmp_path, shards):
     shards_dir, vocab = shards
     steps = 40
-    conf = tmp_path / "cfg.toml"
-    conf.write_text(micro_toml(vocab, max_steps=steps, **PRETRAIN))
+    toml = micro_toml(vocab, max_steps=steps, **PRETRAIN)
+    inputs = {"token_shards": shards_dir, "tokenizer": shards_dir.parent / "tok"}
     work, out = tmp_path / "work", tmp_path / "out"
-    cmd = [sys.executable, "-m", "wikigpt_core.pretrain", "--shards", str(shards_dir), "--config", str(conf),
-           "--out", str(out), "--work", str(work), "--device", "cpu"]
+    spec = stage_spec(tmp_path / "specs", "base_checkpoint", toml, inputs, out, work)
+    cmd = [sys.executable, "-m", "wikigpt_core.run", "base_checkpoint", "--spec", str(spec)]
     env = os.environ | {"WANDB_MODE": "disabled", "PYTHONPATH": str(Path(__file__).parents[2]),
                         "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -142,13 +142,14 @@ def test_sigkill_then_restart_continues_from_last_checkpoint(tmp_path, shards):
     assert done.returncode == 0, done.stderr[-2000:]
     stats = result_stats(done.stdout)
     assert stats["steps"] == steps
-    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(l) for l in (out / "run" / "log.jsonl").read_text().splitlines()]
     resumed = [r["resumed_from"] for r in log if "resumed_from" in r]
     assert resumed and resumed[0] >= 4 and resumed[0] % 2 == 0
     assert [r["step"] for r in log if "loss/train" in r] == list(range(1, steps + 1))
     # and the killed-and-restarted run equals an uninterrupted one, bit for bit
-    clean = [*cmd[:cmd.index("--out")], "--out", str(tmp_path / "clean"), "--work", str(tmp_path / "w2"),
-             "--device", "cpu"]
+    clean_spec = stage_spec(tmp_path / "specs2", "base_checkpoint", toml, inputs, tmp_path / "clean",
+                            tmp_path / "w2")
+    clean = [*cmd[:-1], str(clean_spec)]
     assert subprocess.run(clean, env=env, capture_output=True, timeout=300).returncode == 0
     a, b = weights(out), weights(tmp_path / "clean")
     assert all(torch.equal(a[k], b[k]) for k in a)

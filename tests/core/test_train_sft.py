@@ -104,9 +104,9 @@ def test_run_sft_stage(tmp_path, tok, monkeypatch):
     assert st["steps"] == math.ceil(st["blocks"] / 8)
     assert 0.0 < st["loss_fraction"] < 1.0 and 0.0 < st["end_share"] < 0.5
     assert math.isfinite(st["val_loss"]) and math.isfinite(st["train_loss"])
-    assert {p.name for p in res.path.iterdir()} >= {"model.safetensors", "config.json", "metrics.json",
-                                                    "log.jsonl", "manifest.json"}
-    assert json.loads((res.path / "metrics.json").read_text())["examples"] == 18
+    assert {p.name for p in res.path.iterdir()} >= {"model.safetensors", "config.json", "run", "manifest.json"}
+    assert {p.name for p in (res.path / "run").iterdir()} >= {"metrics.json", "log.jsonl"}
+    assert json.loads((res.path / "run" / "metrics.json").read_text())["examples"] == 18
     assert any("loss/val" in m for m in seen) and any("sft/loss_fraction" in m for m in seen)
     assert load_model(res.path).config.block_size == 64
     assert not any((tmp_path / "work").glob("*/ckpt-*"))  # scratch cleared once published

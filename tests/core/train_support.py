@@ -123,3 +123,17 @@ def result_stats(stdout: str) -> dict:
     result = json.loads(last)
     assert result["type"] == "stage_result"
     return result["stats"]
+
+
+def stage_spec(directory: Path, stage: str, toml: str, inputs: dict[str, Path], out: Path,
+               work: Path) -> Path:
+    """A spec file for `python -m wikigpt_core.run STAGE --spec FILE`: the tiny profile plus
+    `toml` overrides, the given input dirs, out and work (what an orchestrator resolves)."""
+    from wikigpt_core.config import load_settings
+    from wikigpt_core.stages import resolve_spec
+
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / f"{stage}.toml"
+    conf.write_text(toml)
+    settings = load_settings("tiny", conf, env=False)
+    return resolve_spec(settings, stage, inputs, out=out, work=work).write(directory / f"{stage}.spec.json")

@@ -13,13 +13,12 @@ import pytest
 import torch
 
 from wikigpt_core.artifacts import content_hash, read_manifest
+from wikigpt_core.stages import ASSET_NAMES
 from wikigpt_core.tokenizer import SPECIAL_TOKENS, WikiTokenizer
 
 pytestmark = pytest.mark.slow
 
-ASSETS = ["wiki_dump", "cleaned_articles", "deduped_corpus", "tokenizer", "token_shards",
-          "base_checkpoint", "sft_dataset", "sft_checkpoint", "preference_dataset",
-          "dpo_checkpoint", "eval_report", "hf_release"]
+ASSETS = ASSET_NAMES  # the registry's order: dump to release
 
 
 def _metadata(materialized, asset):
@@ -31,10 +30,12 @@ def _metadata(materialized, asset):
 
 
 def test_all_twelve_assets_materialized_with_path_and_data_version(materialized):
+    assert len(ASSETS) == 12
     for asset in ASSETS:
         mat = _metadata(materialized, asset)
         path = mat.metadata["path"].value
-        assert path == str(materialized.artifact(asset))
+        assert path == str(materialized.artifact(asset))  # its version dir, where `current` points
+        assert mat.metadata["cache_hit"].value is False
         # DataVersion is the content hash of the artifact on disk.
         assert mat.tags["dagster/data_version"] == content_hash(materialized.artifact(asset))
         assert read_manifest(materialized.artifact(asset))["content_hash"] == content_hash(materialized.artifact(asset))

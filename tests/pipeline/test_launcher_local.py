@@ -124,19 +124,20 @@ def _random_shards(directory: Path, vocab: int = 4_096) -> Path:
     return directory
 
 
-def test_real_tiny_pretrain_through_pipes(tmp_path, monkeypatch):
-    """The real `python -m wikigpt_core.pretrain` CLI, launched as the base_checkpoint asset."""
+def test_real_tiny_pretrain_through_pipes(tmp_path):
+    """The real stage CLI (`python -m wikigpt_core.run base_checkpoint --spec FILE`), launched as
+    the base_checkpoint asset."""
+    from tests.core.train_support import make_tokenizer, stage_spec
+
     shards = _random_shards(tmp_path / "token_shards")
-    toml = tmp_path / "tiny.toml"
-    toml.write_text(TINY_TRAIN_TOML)
+    make_tokenizer(tmp_path / "tokenizer")
     out, work = tmp_path / "base_checkpoint", tmp_path / "_work"
-    monkeypatch.setenv("WIKIGPT_CONFIG", str(toml))
-    args = ["--shards", str(shards), "--out", str(out), "--work", str(work),
-            "--profile", "tiny", "--device", "cpu"]
+    spec = stage_spec(tmp_path / "specs", "base_checkpoint", TINY_TRAIN_TOML,
+                      {"token_shards": shards, "tokenizer": tmp_path / "tokenizer"}, out, work)
 
     @dg.asset(name="base_checkpoint")
     def base_checkpoint(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
-        return launcher.run_stage(context, "pretrain", args, [out])
+        return launcher.run_stage(context, "base_checkpoint", ["--spec", str(spec)], [out])
 
     instance = dg.DagsterInstance.ephemeral()
     launcher = ComputeLauncher(env={"WANDB_MODE": "disabled"})
@@ -153,7 +154,7 @@ def test_real_tiny_pretrain_through_pipes(tmp_path, monkeypatch):
     # Live metrics arrived as Pipes messages while it trained: log lines and last values.
     assert md["last_step"] == 3 and md["last/loss/train"] > 0
     logs = [r.user_message for r in instance.all_logs(res.run_id)]
-    assert any(m.startswith("[pretrain] step 1:") and "loss/train=" in m for m in logs)
+    assert any(m.startswith("[base_checkpoint] step 1:") and "loss/train=" in m for m in logs)
     assert mat.tags["dagster/data_version"] == manifest["content_hash"] == content_hash(out)
     assert (out / "model.safetensors").exists()
 

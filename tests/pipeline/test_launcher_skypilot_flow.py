@@ -8,6 +8,7 @@ log stream and the rsync of outputs (through a stand-in for `ssh <cluster>`) are
 thing. What is faked is only the rented machine.
 """
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from tests.core.train_support import make_tokenizer, stage_spec
 from wikigpt_core.artifacts import content_hash, read_manifest
 from wikigpt_pipeline.launchers import ComputeLauncher
 from wikigpt_pipeline.launchers import skypilot as sky_launcher
@@ -235,7 +237,7 @@ def remote(tmp_path, monkeypatch):
     # The fixture task is the real pretrain task with only the stage module swapped.
     text = (REPO / "sky" / "pretrain.yaml").read_text()
     (sky_dir / "fixture.yaml").write_text(
-        text.replace("run_stage.sh wikigpt_core.pretrain", "run_stage.sh wg_fixture.stage"))
+        text.replace("bash sky/run_stage.sh", "bash sky/run_stage.sh wg_fixture.stage"))
     shutil.copy(REPO / "sky" / "pretrain.yaml", sky_dir / "pretrain.yaml")
     launcher = ComputeLauncher(backend="skypilot", sky_dir=str(sky_dir), rsync_ssh=str(fake_ssh),
                                env={"WANDB_MODE": "disabled"})
@@ -330,29 +332,30 @@ def test_real_pretrain_task_yaml_end_to_end(tmp_path, remote):
     rng.integers(0, 4096, 8_000, dtype=np.uint16).tofile(shards / "train.bin")
     rng.integers(0, 4096, 2_000, dtype=np.uint16).tofile(shards / "val.bin")
     (shards / "meta.json").write_text('{"vocab_size": 4096, "dtype": "uint16"}')
-    toml = tmp_path / "tiny.toml"
-    toml.write_text('[pretrain]\nmax_steps = 2\nbatch_size = 2\nseq_len = 64\nwarmup_steps = 1\n'
-                    'eval_iters = 1\nlog_interval = 1\ncompile = "off"\n')
-    os.environ["WIKIGPT_CONFIG"] = str(toml)  # uploaded to the remote through file_mounts
+    toml = ('[pretrain]\nmax_steps = 2\nbatch_size = 2\nseq_len = 64\nwarmup_steps = 1\n'
+            'eval_iters = 1\nlog_interval = 1\ncompile = "off"\n')
+    make_tokenizer(tmp_path / "tokenizer")
     out, work = tmp_path / "base_checkpoint", tmp_path / "_work" / "base_checkpoint"
-    args = ["--shards", str(shards), "--out", str(out), "--work", str(work), "--device", "cpu"]
+    # The config travels inside the spec, which the launcher rewrites to remote paths and uploads.
+    spec = stage_spec(tmp_path / "specs", "base_checkpoint", toml,
+                      {"token_shards": shards, "tokenizer": tmp_path / "tokenizer"}, out, work)
 
     @dg.asset(name="base_checkpoint")
     def base_checkpoint(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
-        return launcher.run_stage(context, "pretrain", args, [out])
+        return launcher.run_stage(context, "base_checkpoint", ["--spec", str(spec)], [out])
 
-    try:
-        res, _ = _materialize(base_checkpoint, launcher)
-    finally:
-        del os.environ["WIKIGPT_CONFIG"]
+    res, _ = _materialize(base_checkpoint, launcher)
     assert res.success, res.get_step_failure_events()[0].step_failure_data.error.cause.message
     md = {k: v.value for k, v in res.asset_materializations_for_node("base_checkpoint")[0]
           .metadata.items()}
-    assert md["steps"] == 2                                  # the TOML override reached the remote
+    assert md["steps"] == 2                                  # the spec's config reached the remote
     assert md["last_step"] == 2 and md["last/loss/train"] > 0    # live metrics over the log
     assert md["content_hash"] == content_hash(out)
     assert (out / "model.safetensors").exists()
     assert (fake.remote_home / "wikigpt_io" / "in" / "token_shards" / "train.bin").exists()
+    remote_spec = json.loads((fake.remote_home / "wikigpt_io" / "in" / "spec.json").read_text())
+    assert remote_spec["inputs"]["token_shards"]["path"] == "~/wikigpt_io/in/token_shards"
+    assert remote_spec["out"] == "~/wikigpt_io/out/base_checkpoint"
 
 
 def md_cluster(fake) -> str:

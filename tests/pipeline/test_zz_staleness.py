@@ -1,5 +1,5 @@
-"""Stale-only reruns, end to end, against the session's materialized graph (issue: Dagster-native
-operations). One story in order, because each step builds on the instance state of the last.
+"""Stale-only reruns and version-keyed outputs, end to end, against the session's materialized
+graph. One story in order, because each step builds on the instance state of the last.
 
 Named test_zz_* so it runs after the read-only end-to-end tests: it changes config and data.
 """
@@ -13,7 +13,10 @@ import sys
 import dagster as dg
 import pytest
 
+from pathlib import Path
+
 from wikigpt_core.config import apply_overrides
+from wikigpt_core.stages import ASSET_NAMES
 from wikigpt_pipeline import staleness
 from wikigpt_pipeline.project import build_definitions
 
@@ -47,8 +50,12 @@ def test_stale_only_rerun_story(materialized, tmp_path):
     # 1. Everything materialized: nothing is stale.
     assert _not_fresh(instance, materialized.defs) == []
 
+    original = _versions(instance)
+    original_files = _version_dirs(materialized)
+
     # 2. Change a cleaning threshold.
-    new_min = settings.clean.min_chars * 3
+    new_min = 800
+    assert new_min != settings.clean.min_chars
     override = tmp_path / "override.toml"
     override.write_text(f"[clean]\nmin_chars = {new_min}\n")
     changed_settings = apply_overrides(settings, {"clean": {"min_chars": new_min}})
@@ -85,3 +92,62 @@ def test_stale_only_rerun_story(materialized, tmp_path):
     run = _wikigpt("refresh", env=env)
     assert run.returncode == 0, run.stdout + run.stderr
     assert _passes(run.stdout) == [["wiki_dump"], ["cleaned_articles"]]
+
+    # 6. Revert both the threshold and the dump: every version the original run made is still
+    #    on disk, so the refresh executes no stage at all. Each asset records a cache hit whose
+    #    DataVersion is the original run's, and the bytes it points at are the original bytes.
+    env = {k: v for k, v in env.items() if k not in ("WIKIGPT_CONFIG", "WIKIGPT_DUMP")}
+    run_ids_before = {r.run_id for r in instance.get_runs()}
+    run = _wikigpt("refresh", env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    new_runs = [r for r in instance.get_runs() if r.run_id not in run_ids_before]
+    assert new_runs, "the reverted config should make assets stale again"
+    executed, hits = [], []
+    for r in new_runs:
+        for event in instance.all_logs(r.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+            mat = event.asset_materialization
+            (hits if mat.metadata["cache_hit"].value else executed).append(mat.asset_key.to_user_string())
+    assert executed == []  # zero stage executions
+    assert "cleaned_articles" in hits
+    assert _versions(instance) == original
+    assert _version_dirs(materialized) >= original_files  # nothing rewritten...
+    for path, created in original_files.items():
+        assert _created(path) == created  # ...and no manifest written again
+    # Two configs side by side: both cleaned_articles versions exist.
+    cleaned = [p for p in (materialized.home / "tiny" / "cleaned_articles").iterdir()
+               if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
+    assert len(cleaned) >= 2
+
+    # 7. gc keeps every version a materialization refers to, and removes one nothing refers to.
+    stray = materialized.home / "tiny" / "tokenizer" / "0123456789abcdef"
+    stray.mkdir()
+    (stray / "tokenizer.json").write_text("{}")
+    dry = _wikigpt("gc", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert str(stray) in dry.stdout and stray.exists()
+    gone = _wikigpt("gc", env=env)
+    assert gone.returncode == 0, gone.stderr
+    assert "freed" in gone.stdout and not stray.exists()
+    assert _version_dirs(materialized) >= original_files
+
+
+def _versions(instance) -> dict[str, str]:
+    """Each asset's latest DataVersion in the instance."""
+    out = {}
+    for name in ASSET_NAMES:
+        event = instance.get_latest_materialization_event(dg.AssetKey(name))
+        out[name] = event.asset_materialization.tags["dagster/data_version"]
+    return out
+
+
+def _version_dirs(materialized) -> dict[str, float]:
+    """Every complete version directory under the profile, with its manifest's creation time."""
+    root = materialized.home / "tiny"
+    return {str(m.parent): _created(m.parent) for name in ASSET_NAMES
+            for m in (root / name).glob("*/manifest.json") if not m.parent.is_symlink()}
+
+
+def _created(path) -> float:
+    import json
+
+    return json.loads((Path(path) / "manifest.json").read_text())["created_unix"]

@@ -1,6 +1,7 @@
 """The data half of WikiGPT: dump → cleaned articles → deduplicated corpus → tokenizer → shards.
 
-Each stage is a plain function plus a CLI (`python -m wikigpt_core.data.<stage> --help`):
+Each stage is a plain function, declared in `wikigpt_core/stages.py` and run from the command
+line by `python -m wikigpt_core.run STAGE --spec FILE`:
 
 | module | function | artifact |
 |---|---|---|

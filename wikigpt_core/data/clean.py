@@ -12,7 +12,6 @@ The target language is `CleanConfig.language`, else the dump's own (its <siteinf
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -183,18 +182,3 @@ def _dump_version(dump_dir: Path) -> str:
     if manifest.exists():
         return json.loads(manifest.read_text()).get("content_hash", "")
     return ""
-
-
-def main(argv: list[str] | None = None) -> None:
-    from wikigpt_core.data.cli import add_common, print_result, resolve
-
-    p = argparse.ArgumentParser(prog="python -m wikigpt_core.data.clean", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, inputs={"dump-dir": "wiki_dump"}, work=True)
-    args = p.parse_args(argv)
-    settings, dirs = resolve(args, "cleaned_articles", inputs={"dump_dir": "wiki_dump"})
-    print_result(run_clean(settings.clean, dirs["dump_dir"], dirs["out"], dirs["work"]))
-
-
-if __name__ == "__main__":
-    main()

@@ -17,7 +17,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tempfile
 from pathlib import Path
@@ -238,18 +237,3 @@ def _version(directory: Path) -> str:
         return read_manifest(directory).get("content_hash", "")
     except FileNotFoundError:
         return ""
-
-
-def main(argv: list[str] | None = None) -> None:
-    from wikigpt_core.data.cli import add_common, print_result, resolve
-
-    p = argparse.ArgumentParser(prog="python -m wikigpt_core.data.dedup", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, inputs={"cleaned-dir": "cleaned_articles"}, work=False)
-    args = p.parse_args(argv)
-    settings, dirs = resolve(args, "deduped_corpus", inputs={"cleaned_dir": "cleaned_articles"})
-    print_result(run_dedup(settings.dedup, dirs["cleaned_dir"], dirs["out"]))
-
-
-if __name__ == "__main__":
-    main()

@@ -16,7 +16,6 @@ last stream decompressed (truncation) and its pages counted from the index.
 """
 from __future__ import annotations
 
-import argparse
 import bz2
 import codecs
 import dataclasses
@@ -216,24 +215,3 @@ def _scan(xml: Path) -> tuple[int, str | None]:
     if pages == 0:
         raise EmptyDumpError(xml)
     return pages, newest
-
-
-def main(argv: list[str] | None = None) -> None:
-    from wikigpt_core.data.cli import add_common, print_result, resolve
-
-    p = argparse.ArgumentParser(prog="python -m wikigpt_core.data.dump", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, inputs={}, work=True)
-    p.add_argument("--source", help="override DumpConfig.source (sample, a path, or enwiki/YYYYMMDD)")
-    p.add_argument("--observe", action="store_true", help="print the source fingerprint and exit")
-    args = p.parse_args(argv)
-    settings, dirs = resolve(args, "wiki_dump", inputs={})
-    cfg = dataclasses.replace(settings.dump, source=args.source) if args.source else settings.dump
-    if args.observe:
-        print(observe_dump(cfg))
-        return
-    print_result(run_dump(cfg, dirs["out"], dirs["work"]))
-
-
-if __name__ == "__main__":
-    main()

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -138,19 +137,3 @@ def _assemble(parts_dir: Path, n_parts: int, split: str, total: int, dest: Path)
         pos += part.size
     if pos != total:
         raise RuntimeError(f"{dest}: assembled {pos} tokens, parts promised {total}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    from wikigpt_core.data.cli import add_common, print_result, resolve
-
-    p = argparse.ArgumentParser(prog="python -m wikigpt_core.data.shards", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, inputs={"corpus-dir": "deduped_corpus", "tokenizer-dir": "tokenizer"}, work=True)
-    args = p.parse_args(argv)
-    settings, dirs = resolve(args, "token_shards",
-                             inputs={"corpus_dir": "deduped_corpus", "tokenizer_dir": "tokenizer"})
-    print_result(run_shards(settings.shards, dirs["corpus_dir"], dirs["tokenizer_dir"], dirs["out"], dirs["work"]))
-
-
-if __name__ == "__main__":
-    main()

@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,18 +103,3 @@ def _example(wt: WikiTokenizer, text: str) -> dict:
     pieces = [wt.decode([i]) for i in ids]
     return {"text": text, "tokens": len(ids), "pieces": " | ".join(pieces),
             "round_trip": wt.decode(ids) == text}
-
-
-def main(argv: list[str] | None = None) -> None:
-    from wikigpt_core.data.cli import add_common, print_result, resolve
-
-    p = argparse.ArgumentParser(prog="python -m wikigpt_core.data.tokenizer_train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, inputs={"corpus-dir": "deduped_corpus"}, work=False)
-    args = p.parse_args(argv)
-    settings, dirs = resolve(args, "tokenizer", inputs={"corpus_dir": "deduped_corpus"})
-    print_result(run_tokenizer(settings.tokenizer, dirs["corpus_dir"], dirs["out"]))
-
-
-if __name__ == "__main__":
-    main()

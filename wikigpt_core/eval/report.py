@@ -70,7 +70,8 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of flat rows."""
     if not rows:
         return "(none)\n"
     cols = list(rows[0])
@@ -89,16 +90,22 @@ def render_markdown(report: dict[str, Any], tabs: dict[str, list[dict[str, Any]]
     """The human-readable report. `gallery_stopped[(id, checkpoint)]` marks replies that never
     emitted <|end|> (the text itself stays verbatim)."""
     gallery_stopped = gallery_stopped or {}
+    judge_note = f"The pairwise verdicts come from {notes['judge_who']}." if notes.get("judge_who") else ""
+    if notes.get("judge_is_rules"):
+        judge_note += (" No model judged these pairs: a rule system scored every response by fixed "
+                       "rules (grounding, agreement with the reference, stopping, length, repetition).")
     parts = ["# WikiGPT evaluation report\n",
-             f"Judge: `{notes.get('judge', '?')}`. Held-out examples: {notes.get('heldout', '?')}; "
+             f"Judge: `{notes.get('judge', '?')}`. {judge_note}\n\nHeld-out examples: {notes.get('heldout', '?')}; "
              f"harness on {notes.get('harness_n', '?')} closed-QA prompts, pairwise on "
              f"{notes.get('pairwise_n', '?')} prompts. Their replies are decoded with temperature "
              f"{notes.get('harness_temperature', '?')}, up to {notes.get('max_new_tokens', '?')} new tokens.\n",
-             "## Perplexity (held-out Wikipedia shard)\n", _table(tabs["perplexity"]),
+             "## Perplexity (held-out Wikipedia shard)\n", render_table(tabs["perplexity"]),
              "\n## Pairwise judge (position-debiased: each pair judged in both orders; disagreement counts as a tie)\n",
-             _table(tabs["pairwise"]),
-             "\n## Judge-free harness (held-out closed QA)\n", _table(tabs["harness"]),
-             "\n## Cost and time (from upstream metadata)\n", _table(tabs["cost"]),
+             render_table(tabs["pairwise"]),
+             "\n## Judge-free harness (held-out closed QA)\n", render_table(tabs["harness"]),
+             "\n## Cost and time\n",
+             # Timings differ on every run; they live in the run record, outside the version.
+             render_table(tabs["cost"]) if "cost" in tabs else "See `run/costs.md` (the run record).\n",
              "\n## Gallery (temperature 0.7, top-p 0.9; verbatim, failures included)\n"]
     for g in report["gallery"]:
         parts.append(f"### {g['id']}. {g['type']}\n\n**Prompt**\n\n{_quote(g['prompt'])}\n")

@@ -2,9 +2,9 @@
 
 `run_training(...)` builds the checkpointer (work dir keyed by config + inputs), the metric
 logger (log.jsonl and offline W&B under the work dir), runs the Trainer, and on rank 0
-publishes the artifact (model.safetensors, config.json, metrics.json, log.jsonl, and
-tokenizer.json when the stage was given a tokenizer) through ArtifactWriter; then it clears the
-scratch.
+publishes the artifact (model.safetensors, config.json, and tokenizer.json when the stage was
+given a tokenizer; the run record run/metrics.json and run/log.jsonl, outside the content hash,
+since they hold timings) through ArtifactWriter; then it clears the scratch.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from wikigpt_core.artifacts import ArtifactWriter, StageResult, atomic_write_json
+from wikigpt_core.artifacts import RUN_DIR, ArtifactWriter, StageResult, atomic_write_json
 from wikigpt_core.model_io import save_model
 from wikigpt_core.tokenizer import TOKENIZER_FILE
 from wikigpt_core.train.checkpoint import Checkpointer, run_key
@@ -25,6 +25,11 @@ from wikigpt_core.train.trainer import Trainer, TrainState
 
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
+
+
+def training_log(checkpoint_dir: Path) -> Path:
+    """A checkpoint's metrics and samples log (one JSON object per line)."""
+    return Path(checkpoint_dir) / RUN_DIR / LOG_FILE
 
 
 def run_training(stage: str, *, model: torch.nn.Module, objective, data, train_cfg, runtime: Runtime,
@@ -58,8 +63,8 @@ def run_training(stage: str, *, model: torch.nn.Module, objective, data, train_c
                                                             "model": as_dict(model.config)},
                             inputs=manifest_inputs) as w:
             save_model(trainer.model, w.dir)
-            atomic_write_json(w.dir / METRICS_FILE, stats)
-            shutil.copyfile(work / key / LOG_FILE, w.dir / LOG_FILE)
+            atomic_write_json(w.run_dir / METRICS_FILE, stats)
+            shutil.copyfile(work / key / LOG_FILE, w.run_dir / LOG_FILE)
             if tokenizer_dir is not None:  # a checkpoint that carries its tokenizer is self-contained
                 shutil.copyfile(Path(tokenizer_dir) / TOKENIZER_FILE, w.dir / TOKENIZER_FILE)
             w.stats.update(stats)

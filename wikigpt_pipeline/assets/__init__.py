@@ -1,17 +1,12 @@
-"""The twelve WikiGPT assets, one module per stage group."""
+"""The pipeline's assets: one per stage of the registry (wikigpt_core/stages.py)."""
 from __future__ import annotations
 
 import dagster as dg
 
 from wikigpt_core.config import Settings
-from wikigpt_pipeline.assets import alignment, data, evaluation, release, training
+from wikigpt_core.stages import STAGES
+from wikigpt_pipeline.factory import stage_asset
 
 
 def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
-    return [
-        *data.build(settings),
-        *training.build(settings),
-        *alignment.build(settings),
-        *evaluation.build(settings),
-        *release.build(settings),
-    ]
+    return [stage_asset(settings, stage) for stage in STAGES.values()]

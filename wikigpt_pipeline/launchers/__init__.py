@@ -3,8 +3,8 @@
 SkyPilot is the optional `cloud` extra: nothing here imports `sky` until the skypilot backend
 is actually used.
 """
-from wikigpt_pipeline.launchers.local import run_local, stage_module
+from wikigpt_pipeline.launchers.local import run_local, stage_argv
 from wikigpt_pipeline.launchers.resource import BACKENDS, ComputeLauncher
 from wikigpt_pipeline.launchers.results import StageLaunchError
 
-__all__ = ["BACKENDS", "ComputeLauncher", "StageLaunchError", "run_local", "stage_module"]
+__all__ = ["BACKENDS", "ComputeLauncher", "StageLaunchError", "run_local", "stage_argv"]

@@ -13,9 +13,12 @@ from dagster._core.errors import DagsterPipesExecutionError  # not re-exported a
 from wikigpt_pipeline.launchers.results import StageLaunchError, build_result, error_message
 
 
-def stage_module(stage: str) -> str:
-    """`pretrain` → `wikigpt_core.pretrain`; a dotted name is taken as a full module path."""
-    return stage if "." in stage else f"wikigpt_core.{stage}"
+def stage_argv(stage: str, cli_args: Sequence[str]) -> list[str]:
+    """`python -m ...` arguments: a registry stage runs through the one stage CLI
+    (`wikigpt_core.run STAGE --spec FILE`); a dotted name is taken as a module of its own."""
+    if "." in stage:
+        return ["-m", stage, *map(str, cli_args)]
+    return ["-m", "wikigpt_core.run", stage, *map(str, cli_args)]
 
 
 class _RememberingReader(dg.PipesTempFileMessageReader):
@@ -39,11 +42,11 @@ def run_local(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
 ) -> dg.MaterializeResult:
-    """`python -m wikigpt_core.<stage> *cli_args` under Pipes; the result carries the stage's
+    """`python -m wikigpt_core.run <stage> *cli_args` under Pipes; the result carries the stage's
     reported metadata and data_version plus `backend` and `wall_seconds`."""
     reader = _RememberingReader()
     client = dg.PipesSubprocessClient(env=dict(env or {}), cwd=cwd, message_reader=reader)
-    command = [sys.executable, "-m", stage_module(stage), *map(str, cli_args)]
+    command = [sys.executable, *stage_argv(stage, cli_args)]
     context.log.info(f"[local] {' '.join(command)}")
     t0 = time.monotonic()
     try:

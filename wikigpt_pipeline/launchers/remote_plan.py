@@ -4,12 +4,12 @@
 `sky.Task.from_yaml_config`, plus where each output will appear remotely:
 
 - the workdir is this repository (installed there by the YAML's `setup`);
-- every absolute path in the CLI args is rewritten: outputs to `~/wikigpt_io/out/<name>`,
-  existing inputs to `~/wikigpt_io/in/<name>` (uploaded through file_mounts), anything else
-  (scratch such as `--work`) to `~/wikigpt_io/work/<name>`;
-- the rewritten args travel in `WIKIGPT_STAGE_ARGS`, which the YAML's `run` evaluates, so `~`
-  expands on the remote machine;
-- Dagster Pipes' bootstrap variables, WIKIGPT_PROFILE and extra envs are added to `envs`;
+- the stage's spec (`--spec FILE`) is rewritten for the remote layout: its output to
+  `~/wikigpt_io/out/<name>`, its existing inputs to `~/wikigpt_io/in/<name>` (uploaded through
+  file_mounts), its scratch to `~/wikigpt_io/work/<name>`; the rewritten spec is uploaded too;
+- the stage (WIKIGPT_STAGE) and its args (WIKIGPT_STAGE_ARGS) travel in `envs`; the YAML's
+  `run` evaluates the args, so `~` expands on the remote machine;
+- Dagster Pipes' bootstrap variables and extra envs are added to `envs`;
 - secrets (HF_TOKEN, WANDB_API_KEY) are filled from this process's environment, never logged.
 """
 from __future__ import annotations
@@ -24,12 +24,14 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from wikigpt_core.stages import STAGES
+
 REMOTE_ROOT = "~/wikigpt_io"
-CONFIG_MOUNT = f"{REMOTE_ROOT}/in/wikigpt_config.toml"
-"""Where a local WIKIGPT_CONFIG file is uploaded; the YAML's `run` exports it if present."""
-YAML_FOR_STAGE = {"evaluate": "eval"}
-"""Stage module name → YAML file stem where they differ."""
-GPU_STAGES = ("pretrain", "sft", "dpo", "evaluate", "teacher")
+SPEC_MOUNT = f"{REMOTE_ROOT}/in/spec.json"
+"""Where the stage's rewritten spec is uploaded."""
+TEACHER_TASK = "teacher"
+TASKS = {**{s.name: s.task for s in STAGES.values() if s.launched}, TEACHER_TASK: TEACHER_TASK}
+"""What can run remotely: each launched stage's SkyPilot task (`sky/<task>.yaml`), and the teacher."""
 
 
 class PlanError(ValueError):
@@ -64,7 +66,7 @@ def cluster_name(stage: str, run_key: str) -> str:
 
 
 def yaml_path(sky_dir: Path, stage: str) -> Path:
-    path = Path(sky_dir) / f"{YAML_FOR_STAGE.get(stage, stage)}.yaml"
+    path = Path(sky_dir) / f"{TASKS.get(stage, stage)}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in Path(sky_dir).glob("*.yaml"))
         raise PlanError(f"no SkyPilot task for stage {stage!r}: {path} does not exist "
@@ -137,6 +139,24 @@ def remote_args(cli_args: Sequence[str], mapper: _PathMapper) -> str:
     return " ".join(parts)
 
 
+def remote_spec(cli_args: Sequence[str], mapper: _PathMapper, outputs: Sequence[Path]) -> tuple[list[str], dict | None]:
+    """If the args name a spec (`--spec FILE`), the spec with every path mapped to the remote
+    layout, and the args pointing at its uploaded copy."""
+    import json
+
+    args = [str(a) for a in cli_args]
+    if "--spec" not in args:
+        return args, None
+    i = args.index("--spec")
+    spec = json.loads(Path(args[i + 1]).read_text())
+    for table in ("inputs", "lineage"):
+        for ref in spec[table].values():
+            ref["path"] = mapper.remote(ref["path"])
+    spec["out"] = mapper.remote(spec["out"])
+    spec["work"] = mapper.remote(spec["work"])
+    return [*args[:i], "--spec", SPEC_MOUNT, *args[i + 2:]], spec
+
+
 def plan_task(
     *,
     sky_dir: Path,
@@ -156,7 +176,9 @@ def plan_task(
     environ = os.environ if environ is None else environ
     config = load_task_yaml(yaml_path(sky_dir, stage))
     mapper = _PathMapper(outputs)
-    args = remote_args(cli_args, mapper)
+    cli_args, spec = remote_spec(cli_args, mapper, outputs)
+    args = " ".join(a if a.startswith(REMOTE_ROOT) else shlex.quote(a) for a in cli_args) \
+        if spec is not None else remote_args(cli_args, mapper)
     missing = [str(p) for p in outputs if Path(p).resolve() not in mapper._assigned]
     if missing:
         raise PlanError(f"outputs {missing} do not appear in the CLI args of stage {stage!r}; "
@@ -166,16 +188,13 @@ def plan_task(
         config["workdir"] = str(Path(workdir).resolve())
     mounts = dict(config.get("file_mounts") or {})
     mounts.update(mapper.file_mounts)
-    local_config = environ.get("WIKIGPT_CONFIG")
-    if local_config:
-        if not Path(local_config).is_file():
-            raise PlanError(f"WIKIGPT_CONFIG points at {local_config}, which does not exist")
-        mounts[CONFIG_MOUNT] = str(Path(local_config).resolve())
+    if spec is not None:
+        mounts[SPEC_MOUNT] = str(_write_spec(spec))
     if mounts:
         config["file_mounts"] = mounts
 
     task_envs = {str(k): "" if v is None else str(v) for k, v in (config.get("envs") or {}).items()}
-    task_envs["WIKIGPT_PROFILE"] = environ.get("WIKIGPT_PROFILE", "tiny")
+    task_envs["WIKIGPT_STAGE"] = stage if stage in STAGES else ""
     task_envs["WIKIGPT_STAGE_ARGS"] = args
     if hub_repo:
         task_envs["WIKIGPT_HUB_REPO"] = hub_repo
@@ -198,6 +217,17 @@ def plan_task(
         resources["use_spot"] = True
     config["resources"] = resources
     return RemotePlan(config=config, outputs=mapper.remote_outputs, remote_args=args)
+
+
+def _write_spec(spec: dict) -> Path:
+    """The remote spec as a local file to upload (named by its content: identical specs share it)."""
+    import json
+    import tempfile
+
+    blob = json.dumps(spec, indent=2, sort_keys=True).encode()
+    path = Path(tempfile.gettempdir()) / f"wikigpt-spec-{hashlib.sha256(blob).hexdigest()[:16]}.json"
+    path.write_bytes(blob)
+    return path
 
 
 def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
