@@ -106,6 +106,66 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+class RaggedKVCache:
+    """Key/value buffers for rows of different lengths, for continuous batching.
+
+    Row r holds positions [0, lengths[r]). A forward over this cache feeds T new tokens to each
+    of the rows [0, rows), row r's at positions lengths[r] .. lengths[r] + T - 1, with the
+    attention mask hiding every other row's padding. A row is filled by prefilling through
+    `row_cache(slot)` (a plain `KVCache` viewing that row's buffers, so the prefill is exactly
+    the batch-1 computation); `move_row` compacts rows when a sequence leaves."""
+
+    def __init__(self, config: GPTConfig, rows: int, device, dtype) -> None:
+        shape = (rows, config.n_head, config.block_size, config.head_dim)
+        # Zeros, not empty: masked positions get weight 0, and 0 * NaN garbage would be NaN.
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.capacity = config.block_size
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        self.rows = 0
+        """Rows [0, rows) take part in the next forward."""
+        self._pos: torch.Tensor | None = None
+        self._end = 0
+
+    def row_cache(self, slot: int) -> KVCache:
+        """An empty single-row `KVCache` whose buffers are this cache's row `slot`."""
+        view = KVCache.__new__(KVCache)
+        view.k = [k[slot:slot + 1] for k in self.k]
+        view.v = [v[slot:slot + 1] for v in self.v]
+        view.capacity, view.pos = self.capacity, 0
+        return view
+
+    def move_row(self, src: int, dst: int) -> None:
+        n = int(self.lengths[src])
+        for buf in (*self.k, *self.v):
+            buf[dst, :, :n] = buf[src, :, :n]
+        self.lengths[dst] = n
+
+    def layout(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Position ids (rows, T) of the new tokens and the mask (rows, 1, T, end), True = may
+        attend, where end is the longest row after this step."""
+        start = self.lengths[:self.rows]
+        pos = start[:, None] + torch.arange(T, device=start.device)
+        self._end = int(start.max()) + T
+        if self._end > self.capacity:
+            raise ValueError(f"a row would reach {self._end} tokens; block_size is {self.capacity}")
+        keys = torch.arange(self._end, device=start.device)
+        self._pos = pos
+        return pos, (keys[None, None, :] <= pos[:, :, None]).unsqueeze(1)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k/v (rows, H, T, hd) at each row's positions; return keys/values [0, end)."""
+        n, T = k.shape[0], k.shape[2]
+        rows = torch.arange(n, device=k.device)[:, None].expand(n, T)
+        # Advanced indices around a slice put their dims first: the target is (n, T, H, hd).
+        self.k[layer][rows, :, self._pos] = k.transpose(1, 2)
+        self.v[layer][rows, :, self._pos] = v.transpose(1, 2)
+        return self.k[layer][:n, :, :self._end], self.v[layer][:n, :, :self._end]
+
+    def advance(self, T: int) -> None:
+        self.lengths[:self.rows] += T
+
+
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -121,7 +181,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
         if cache is not None:
-            past = cache.pos
+            past = cache.pos if mask is None else 0  # a ragged cache always brings its mask
             k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
         if mask is not None:
@@ -212,17 +272,24 @@ class GPT(nn.Module):
             dtype = torch.get_autocast_dtype(p.device.type)
         return KVCache(self.config, batch, p.device, dtype)
 
+    def new_ragged_cache(self, rows: int) -> RaggedKVCache:
+        """An empty ragged cache for up to `rows` concurrent sequences (continuous batching)."""
+        cache = self.new_cache(0)  # device and dtype, decided the same way
+        return RaggedKVCache(self.config, rows, cache.k[0].device, cache.k[0].dtype)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                doc_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                doc_ids: torch.Tensor | None = None, cache: KVCache | RaggedKVCache | None = None,
                 all_logits: bool = False):
         """idx (B, T) token ids; targets (B, T) next-token ids aligned with idx (-100 = ignore).
 
         Returns (logits, loss). With targets: logits (B, T, V) and the mean cross-entropy over
         non-ignored positions (computed in float32). Without: logits of the last position only,
         (B, 1, V), unless `all_logits`. `doc_ids` (B, T) enables document masking for packed
-        sequences; `cache` runs incremental decoding (positions continue at `cache.pos`)."""
+        sequences; `cache` runs incremental decoding (positions continue at `cache.pos`, or per
+        row for a `RaggedKVCache`, whose rows [0, cache.rows) must match idx's batch)."""
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
+        ragged = isinstance(cache, RaggedKVCache)
+        start = cache.pos if cache is not None and not ragged else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size={self.config.block_size}")
         mask = None
@@ -230,12 +297,18 @@ class GPT(nn.Module):
             assert cache is None, "document masking is a training path; no KV cache"
             mask, pos = document_layout(doc_ids)
             cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # (B,1,T,hd)
+        elif ragged:
+            assert cache.rows == B, f"ragged cache has {cache.rows} rows, the batch {B}"
+            pos, mask = cache.layout(T)
+            cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)
         else:
             cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hd)
         x = self.tok_emb(idx)  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, cache, i)
-        if cache is not None:
+        if ragged:
+            cache.advance(T)
+        elif cache is not None:
             cache.pos += T
         x = self.norm(x)
         if targets is None:

@@ -1,4 +1,4 @@
-"""SPEC §3 chat template and label invariants on a 2-user / 2-assistant dialog."""
+"""The chat template and label invariants on a 2-user / 2-assistant dialog."""
 from __future__ import annotations
 
 import pytest
@@ -64,7 +64,9 @@ def test_text_never_becomes_special(tok):
 
 @pytest.mark.parametrize("messages, match", [
     ([], "non-empty"),
-    ([{"role": "system", "content": "x"}], "only 'user' and 'assistant'"),
+    ([{"role": "system", "content": "x"}], "followed by a user message"),
+    ([{"role": "user", "content": "x"}, {"role": "system", "content": "x"}], "'system' as the first"),
+    ([{"role": "tool", "content": "x"}], "only 'user' and 'assistant'"),
     ([{"role": "assistant", "content": "x"}], "alternate"),
     ([{"role": "user", "content": 3}], "string"),
     ([{"role": "user", "content": "x", "extra": 1}], "exactly"),
@@ -72,3 +74,36 @@ def test_text_never_becomes_special(tok):
 def test_bad_conversations_are_refused(tok, messages, match):
     with pytest.raises(ChatFormatError, match=match):
         render_prompt(messages, tok)
+
+
+SYSTEM_DIALOG = [{"role": "system", "content": "Answer in one sentence."}, *DIALOG[:3]]
+
+
+def test_system_message_is_folded_into_the_first_user_turn(tok):
+    folded = [{"role": "user", "content": "Answer in one sentence.\n\n" + DIALOG[0]["content"]}, *DIALOG[1:3]]
+    assert render_prompt(SYSTEM_DIALOG, tok) == render_prompt(folded, tok)
+    assert render_prompt([{"role": "system", "content": ""}, DIALOG[0]], tok) == render_prompt(DIALOG[:1], tok)
+    ids, labels = render_example([SYSTEM_DIALOG[0], *DIALOG], tok)
+    assert ids == render_example([folded[0], *DIALOG[1:]], tok)[0]
+
+
+@pytest.mark.parametrize("messages", [SYSTEM_DIALOG, DIALOG[:3], DIALOG[:1],
+                                      [{"role": "system", "content": "Be kind."}, DIALOG[0]]])
+def test_transformers_chat_template_renders_the_same_ids(tok, tmp_path, messages):
+    """The release's tokenizer files, loaded by transformers: `apply_chat_template` (the same
+    Jinja path vLLM's chat endpoint renders with) gives the core's ids."""
+    transformers = pytest.importorskip("transformers")
+    import json
+
+    from wikigpt_core.release.hf_tokenizer import tokenizer_config
+
+    tok.backend.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tok, 128)))
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    enc = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = enc["input_ids"] if not isinstance(enc, list) else enc
+    assert ids == render_prompt(messages, tok)
+    text = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text.count("<|user|>") == sum(m["role"] == "user" for m in messages)
+    with pytest.raises(Exception, match="followed by a user message"):
+        hf.apply_chat_template([{"role": "system", "content": "x"}], add_generation_prompt=True)

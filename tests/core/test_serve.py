@@ -1,8 +1,9 @@
 """`wikigpt serve` as a real process on 127.0.0.1, driven over real HTTP.
 
-Two releases: a random tiny model (concurrency, OpenAI client) and a "chain" model whose
-greedy reply is exactly "Aé🙂B" spelled in single-byte tokens, so é and 🙂 are split across
-tokens and must still stream whole.
+Three releases: a random tiny model (batching, OpenAI client, transformers comparison), a
+random model with a long context (requests that run long enough to queue and cancel), and a
+"chain" model whose greedy reply is exactly "Aé🙂B" spelled in single-byte tokens, so é and
+🙂 are split across tokens and must still stream whole.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import test_release_support as support  # noqa: E402
@@ -36,8 +38,24 @@ def releases(tmp_path_factory):
     return {
         "chain": support.build_release(tmp, support.chain_model(tok, chain), tmp / "tok", "chain"),
         "random": support.build_release(tmp, support.random_model(tok.vocab_size, block_scale=10), tmp / "tok", "random"),
+        "long": support.build_release(tmp, long_model(tok.vocab_size), tmp / "tok", "long"),
         "tok": tok,
     }
+
+
+def long_model(vocab_size: int):
+    """Random GPT with a 1,024-token context whose greedy reply runs the whole budget (768
+    tokens take seconds). Enlarged block weights, so the reply is text (see random_model)."""
+    from wikigpt_core.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=1024, n_layer=4, n_head=4, n_embd=128,
+                          mlp_multiple_of=64))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("blocks."):
+                p.mul_(10)
+    return model.eval()
 
 
 TOKEN = "s3cret-token-value"
@@ -49,7 +67,7 @@ def servers(releases):
     started = {
         "chain": support.Server(releases["chain"]),
         "random": support.Server(releases["random"]),
-        "queue1": support.Server(releases["random"], "--max-queue", "1"),
+        "queue1": support.Server(releases["long"], "--max-batch", "1", "--max-queue", "1"),
         "token": support.Server(releases["chain"], "--token", TOKEN),
     }
     try:
@@ -156,7 +174,8 @@ def test_health_and_page(chain_server):
 
 @pytest.mark.parametrize("body,needle", [
     ({"messages": []}, "messages"),
-    ({"messages": [{"role": "system", "content": "x"}]}, "role"),
+    ({"messages": [{"role": "system", "content": "x"}]}, "followed by a user message"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "role"),
     ({"messages": [{"role": "user", "content": 5}]}, "content"),
     ({"messages": [{"role": "user"}]}, "content"),
     ({"messages": USER, "temperature": 2.5}, "temperature"),
@@ -176,15 +195,44 @@ def test_bad_chat_requests_get_422_saying_what_is_wrong(chain_server, body, need
 
 
 @pytest.mark.parametrize("body,needle", [
-    ({"messages": [{"role": "system", "content": "be brief"}] + USER}, "system"),
-    ({"messages": USER, "n": 2}, "n"),
+    ({"messages": USER + [{"role": "system", "content": "be brief"}]}, "system"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "tools"),
+    ({"messages": USER, "n": 9}, "n"),
     ({"messages": USER, "max_tokens": 10_000}, "max_tokens"),
-    ({"messages": USER, "stop": ["\n"]}, "stop"),
+    ({"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"messages": USER, "stop": [""]}, "stop"),
+    ({"messages": USER, "top_logprobs": 2}, "logprobs"),
+    ({"messages": USER, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"messages": USER, "frequency_penalty": 0.5}, "penalties are not implemented"),
+    ({"messages": USER, "presence_penalty": 1}, "penalties are not implemented"),
+    ({"messages": USER, "logit_bias": {"5": 1}}, "logit_bias"),
+    ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools: not supported"),
+    ({"messages": USER, "tool_choice": "auto"}, "tool_choice: not supported"),
+    ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format: not supported"),
+    ({"messages": USER, "repetition_penalty": 1.1}, "repetition_penalty: not supported"),
+    ({"messages": USER, "stream_options": {"include_usage": True}}, "stream"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "text"),
+    ({"messages": [{"role": "system", "content": "x"}]}, "followed by a user message"),
 ])
-def test_bad_openai_requests_get_422(chain_server, body, needle):
+def test_unsupported_or_bad_openai_requests_get_400(chain_server, body, needle):
     r = httpx.post(f"{chain_server.url}/v1/chat/completions", json=body)
-    assert r.status_code == 422
+    assert r.status_code == 400
+    assert needle in r.json()["error"]["message"]
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("body,needle", [
+    ({"prompt": "x", "suffix": "y"}, "suffix: not supported"),
+    ({"prompt": "x", "best_of": 2}, "best_of: not supported"),
+    ({"prompt": "x", "max_tokens": 0}, "echo"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": "x" * 5_000, "max_tokens": 16}, "context"),
+    ({"prompt": [10_000]}, "token ids"),
+    ({"prompt": "x", "logprobs": 21}, "logprobs"),
+])
+def test_bad_text_completion_requests_get_400(chain_server, body, needle):
+    r = httpx.post(f"{chain_server.url}/v1/completions", json=body)
+    assert r.status_code == 400
     assert needle in r.json()["error"]["message"]
 
 
@@ -226,8 +274,8 @@ def test_seeded_sampling_is_reproducible_under_concurrency(random_server):
 
 
 def test_full_queue_answers_503(servers):
-    server = servers["queue1"]  # one request may wait while one runs
-    body = {"messages": USER, "temperature": 0, "max_new_tokens": 768}
+    server = servers["queue1"]  # one request may wait while one decodes
+    body = {"messages": USER, "temperature": 0, "max_new_tokens": 200}
     with ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(lambda _: httpx.post(f"{server.url}/chat", json=body, timeout=120),
                                   range(6)))
@@ -305,3 +353,155 @@ def test_serve_defaults_to_the_profile_release(tmp_path):
     out = subprocess.run(support.wikigpt_command("serve"), capture_output=True, text=True,
                          timeout=60, cwd=support.ROOT, env=env)
     assert out.returncode == 2 and str(tmp_path / "tiny" / "hf_release") in out.stderr
+
+
+# -- the OpenAI-compatible API beyond the basics ----------------------------------------------
+
+def oai(server) -> "openai.OpenAI":
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+
+
+@pytest.mark.parametrize("stop,expected", [("🙂", "Aé"), (["B", "zz"], "Aé🙂"), (["é🙂"], "A"), ("A", "")])
+def test_stop_strings_end_the_reply_and_never_stream(chain_server, stop, expected):
+    client = oai(chain_server)
+    full = client.chat.completions.create(model="x", messages=USER, temperature=0, stop=stop)
+    assert full.choices[0].message.content == expected and full.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(model="x", messages=USER, temperature=0, stop=stop, stream=True)
+    deltas, finish = [], None
+    for chunk in stream:
+        for choice in chunk.choices:
+            deltas.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(deltas) == expected and finish == "stop"
+    stops = [stop] if isinstance(stop, str) else stop
+    assert not any(s in "".join(deltas) for s in stops)
+
+
+def test_n_choices(random_server):
+    client = oai(random_server)
+    sampled = client.chat.completions.create(model="x", messages=USER, temperature=1.0, top_p=1.0,
+                                             n=4, seed=7, max_tokens=24)
+    assert [c.index for c in sampled.choices] == [0, 1, 2, 3]
+    texts = [c.message.content for c in sampled.choices]
+    assert len(set(texts)) > 1  # each choice samples on its own
+    again = client.chat.completions.create(model="x", messages=USER, temperature=1.0, top_p=1.0,
+                                           n=4, seed=7, max_tokens=24)
+    assert [c.message.content for c in again.choices] == texts  # seeded: reproducible
+    assert sampled.usage.completion_tokens == sum(
+        len(c.logprobs.content) if c.logprobs else 0 for c in sampled.choices) or sampled.usage.completion_tokens >= 4
+    stream = client.chat.completions.create(model="x", messages=USER, temperature=1.0, top_p=1.0,
+                                            n=4, seed=7, max_tokens=24, stream=True)
+    streamed = ["", "", "", ""]
+    for chunk in stream:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert streamed == texts
+
+
+def test_chat_logprobs(chain_server, releases):
+    tok = releases["tok"]
+    client = oai(chain_server)
+    out = client.chat.completions.create(model="x", messages=USER, temperature=0, logprobs=True,
+                                         top_logprobs=3)
+    content = out.choices[0].logprobs.content
+    # Every generated token, the closing <|end|> included; bytes rebuild the text exactly.
+    assert len(content) == out.usage.completion_tokens == len(CHAIN_TEXT.encode()) + 1
+    assert bytes(b for c in content[:-1] for b in c.bytes).decode() == CHAIN_TEXT
+    assert content[-1].token == "<|end|>"
+    for c in content:
+        assert c.logprob <= 0 and len(c.top_logprobs) == 3
+        assert c.top_logprobs[0].token == c.token  # greedy takes the most likely token
+        assert c.top_logprobs[0].logprob == pytest.approx(c.logprob)
+    stream = client.chat.completions.create(model="x", messages=USER, temperature=0, logprobs=True,
+                                            stream=True)
+    streamed = [c for chunk in stream for ch in chunk.choices if ch.logprobs for c in ch.logprobs.content]
+    assert [c.token for c in streamed] == [c.token for c in content]
+    plain = client.chat.completions.create(model="x", messages=USER, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
+def core_logprobs(release, ids: list[int]) -> list[float]:
+    """log p(ids[t] | ids[:t]) for t >= 1 from the release's weights, in-process."""
+    from wikigpt_core.release.hf_export import load_release_model
+
+    model = load_release_model(release)
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([ids]), all_logits=True)
+    logp = torch.log_softmax(logits[0].float(), -1)
+    return [logp[t - 1, ids[t]].item() for t in range(1, len(ids))]
+
+
+def test_text_completions_echo_logprobs_score_the_prompt(random_server, releases):
+    tok = releases["tok"]
+    client = oai(random_server)
+    text = "Ada Lovelace was an English mathematician"
+    ids = tok.encode(text)
+    scored = client.completions.create(model="x", prompt=text, echo=True, logprobs=2, max_tokens=0,
+                                       temperature=0)
+    choice = scored.choices[0]
+    assert choice.text == text and scored.usage.prompt_tokens == len(ids)
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == text and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx(core_logprobs(releases["random"], ids), abs=1e-4)
+    assert all(len(t) <= 2 for t in lp.top_logprobs[1:])
+    # The loglikelihood-client shape: token ids in, echo, one generated token, its logprob last.
+    both = client.completions.create(model="x", prompt=[ids, ids[:4]], echo=True, logprobs=1,
+                                     max_tokens=1, temperature=0)
+    assert [len(c.logprobs.token_logprobs) for c in both.choices] == [len(ids) + 1, 5]
+    assert both.choices[0].logprobs.token_logprobs[:len(ids)] == pytest.approx(lp.token_logprobs[:1] + lp.token_logprobs[1:], abs=1e-4) \
+        if False else both.choices[0].logprobs.token_logprobs[1:len(ids)] == pytest.approx(lp.token_logprobs[1:], abs=1e-4)
+    top = both.choices[0].logprobs.top_logprobs[-1]
+    assert both.choices[0].logprobs.token_logprobs[-1] == pytest.approx(max(top.values()))  # greedy
+
+
+def test_text_completions_generate_and_stream(random_server, releases):
+    client = oai(random_server)
+    prompt = "The history of the encyclopedia"
+    full = client.completions.create(model="x", prompt=prompt, max_tokens=12, temperature=0)
+    text = full.choices[0].text
+    assert full.object == "text_completion" and full.usage.completion_tokens <= 12
+    assert full.choices[0].finish_reason in ("stop", "length") and not text.startswith(prompt)
+    echoed = client.completions.create(model="x", prompt=prompt, max_tokens=12, temperature=0, echo=True)
+    assert echoed.choices[0].text == prompt + text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="x", prompt=prompt, max_tokens=12, temperature=0, stream=True) if c.choices)
+    assert streamed == text
+
+
+def test_system_role_renders_like_transformers(random_server, releases):
+    """One conversation with a system message: the server, and transformers loading the
+    release (`apply_chat_template`, the rendering path vLLM's chat endpoint also uses, then
+    greedy `generate`), agree on the prompt ids and the reply."""
+    transformers = pytest.importorskip("transformers")
+    release = releases["random"]
+    conversation = [{"role": "system", "content": "You answer briefly."},
+                    {"role": "user", "content": "Who was Ada Lovelace?"}]
+    client = oai(random_server)
+    served = client.chat.completions.create(model="x", messages=conversation, temperature=0, max_tokens=12)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(release)
+    enc = hf_tok.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+    ids = enc["input_ids"] if not isinstance(enc, list) else enc
+    assert ids == render_prompt(conversation, releases["tok"])
+    assert served.usage.prompt_tokens == len(ids)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(release, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                          eos_token_id=[releases["tok"].end_id, releases["tok"].doc_id])
+    new = out[0, len(ids):].tolist()
+    assert hf_tok.decode(new, skip_special_tokens=True) == served.choices[0].message.content
+    assert served.choices[0].message.content  # a non-empty reply, so the comparison means something
+    folded = [{"role": "user", "content": "You answer briefly.\n\nWho was Ada Lovelace?"}]
+    same = client.chat.completions.create(model="x", messages=folded, temperature=0, max_tokens=12)
+    assert same.choices[0].message.content == served.choices[0].message.content
+
+
+def test_concurrent_requests_really_share_a_batch(random_server):
+    before = httpx.get(f"{random_server.url}/health").json()["queue"]
+    prompts = [[{"role": "user", "content": f"Tell me about topic {i}."}] for i in range(8)]
+    client = oai(random_server)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda m: client.chat.completions.create(model="x", messages=m, temperature=0,
+                                                               max_tokens=40), prompts))
+    after = httpx.get(f"{random_server.url}/health").json()["queue"]
+    assert after["peak_batch"] > 1 and after["max_batch"] == 8
+    assert after["completed"] == before["completed"] + 8 and not after["busy"]

@@ -1,5 +1,5 @@
-"""In-process pieces of serving: UTF-8-safe incremental decoding, left-cropping of long
-histories, and the engine's isolation of concurrent requests."""
+"""In-process pieces of serving: UTF-8-safe incremental decoding and the engine's events,
+choices and bounded queue (cropping is tested with the generation module)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,8 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import test_release_support as support  # noqa: E402
 
-from wikigpt_core.chat import ChatFormatError, render_prompt  # noqa: E402
-from wikigpt_core.serve.engine import Done, Engine, Params, QueueFull, crop_prompt  # noqa: E402
+from wikigpt_core.chat import ChatFormatError  # noqa: E402
+from wikigpt_core.serve.engine import Delta, Done, Engine, Params, QueueFull  # noqa: E402
 from wikigpt_core.serve.streaming import IncrementalDecoder  # noqa: E402
 
 
@@ -44,32 +44,7 @@ def test_decoder_skips_specials_and_never_sends_a_partial_tail(tok):
     assert dec.push(stray) == "" and dec.push(tok.encode("B")[0]) == "\ufffdB"
 
 
-def test_crop_keeps_short_prompts_whole(tok):
-    msgs = [{"role": "user", "content": "Hello"}]
-    ids, cropped = crop_prompt(msgs, tok, budget=100)
-    assert ids == render_prompt(msgs, tok) and cropped == 0
-
-
-def test_crop_drops_oldest_exchanges_first(tok):
-    long = "The history of the encyclopedia began in 2001. " * 3
-    msgs = []
-    for i in range(5):
-        msgs += [{"role": "user", "content": f"{i} {long}"}, {"role": "assistant", "content": long}]
-    msgs.append({"role": "user", "content": "Last question?"})
-    budget = len(render_prompt(msgs[-3:], tok)) + 1
-    ids, cropped = crop_prompt(msgs, tok, budget)
-    assert ids == render_prompt(msgs[-3:], tok)  # whole turns, still starting with <|user|>
-    assert cropped == len(render_prompt(msgs, tok)) - len(ids)
-
-
-def test_crop_cuts_a_single_huge_turn_from_the_left(tok):
-    msgs = [{"role": "user", "content": "word " * 500 + "the end?"}]
-    ids, cropped = crop_prompt(msgs, tok, budget=32)
-    full = render_prompt(msgs, tok)
-    assert ids == full[-32:] and ids[-1] == tok.assistant_id and cropped == len(full) - 32
-
-
-def _collect(engine: Engine, messages, params: Params) -> tuple[str, Done]:
+def _collect(engine: Engine, messages, params) -> tuple[str, Done]:
     async def run():
         job = engine.submit(messages, params)
         parts = []
@@ -77,7 +52,8 @@ def _collect(engine: Engine, messages, params: Params) -> tuple[str, Done]:
             item = await job.events.get()
             if isinstance(item, Done):
                 return "".join(parts), item
-            parts.append(item)
+            assert isinstance(item, Delta) and item.index == 0
+            parts.append(item.text)
     return asyncio.run(run())
 
 
@@ -102,12 +78,41 @@ async def _submit(engine: Engine, messages):
 
 
 def test_engine_queue_is_bounded(tok):
-    engine = Engine(support.chain_model(tok, tok.encode("AB")), tok, max_queue=1)
+    engine = Engine(support.chain_model(tok, tok.encode("AB")), tok, max_queue=1, max_batch=1)
     engine.close()  # the worker exits, so queued jobs stay queued
     engine._worker.join(timeout=10)
 
     async def fill():
-        engine.submit([{"role": "user", "content": "a"}], Params())
-        with pytest.raises(QueueFull, match="1 requests"):
-            engine.submit([{"role": "user", "content": "b"}], Params())
+        engine.submit([{"role": "user", "content": "a"}], Params())  # its row in the batch
+        engine.submit([{"role": "user", "content": "b"}], Params())  # waits
+        with pytest.raises(QueueFull, match=r"batch \(1 sequences\) and the queue \(1 more\)"):
+            engine.submit([{"role": "user", "content": "c"}], Params())
+        engine._in_system = 0  # emptied again: now n counts, each choice takes a place
+        with pytest.raises(QueueFull):
+            engine.submit([{"role": "user", "content": "d"}], Params(), 3)
+        engine.submit([{"role": "user", "content": "e"}], Params(), 2)
     asyncio.run(fill())
+
+
+def test_engine_n_choices_and_stop_strings(tok):
+    chain = tok.encode("Aé🙂B")
+    engine = Engine(support.chain_model(tok, chain), tok, max_queue=4, max_batch=4)
+
+    async def run(params, n):
+        job = engine.submit([{"role": "user", "content": "hi"}], params, n)
+        texts, dones = [""] * n, {}
+        while len(dones) < n:
+            item = await job.events.get()
+            if isinstance(item, Done):
+                dones[item.index] = item
+            else:
+                texts[item.index] += item.text
+        return texts, dones
+    try:
+        texts, dones = asyncio.run(run(Params(20, 0.0, 1.0), 3))
+        assert texts == ["Aé🙂B"] * 3 and {d.finish_reason for d in dones.values()} == {"stop"}
+        texts, dones = asyncio.run(run(Params(20, 0.0, 1.0, stop=("🙂",)), 1))
+        assert texts == ["Aé"] and dones[0].finish_reason == "stop"
+        assert dones[0].tokens[-1] != tok.end_id  # it stopped on the string, before <|end|>
+    finally:
+        engine.close()

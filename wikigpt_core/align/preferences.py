@@ -24,7 +24,7 @@ from wikigpt_core.align.teacher import FalsePremiseSpec, Judge, make_client, Tea
 from wikigpt_core.artifacts import ArtifactWriter, StageResult
 from wikigpt_core.config import PreferenceConfig, TeacherConfig
 from wikigpt_core.eval.gallery import load_gallery
-from wikigpt_core.eval.generation import Reply, generate_replies, pick_device
+from wikigpt_core.generation import Reply, generate_replies, pick_device
 from wikigpt_core.eval.pairwise import PairCase, PairOutcome, judge_debiased
 
 

@@ -1,5 +1,10 @@
-"""The HTTP server: SSE `/chat` (SPEC §6), OpenAI-compatible `/v1/chat/completions` and
-`/v1/models`, `/health`, and a small streaming web chat page at `/`."""
+"""The HTTP server: SSE `/chat` (docs/reference.md, "Serving"), OpenAI-compatible `/v1/chat/completions`,
+`/v1/completions` and `/v1/models`, `/health`, and a small streaming web chat page at `/`.
+
+Errors: `/chat` answers 422 for a bad body (its documented contract); the `/v1` endpoints answer 400 with an
+OpenAI-style `error` object, as OpenAI-compatible clients expect. Both carry `detail` and
+`error.message` with the same text.
+"""
 from __future__ import annotations
 
 import json
@@ -15,11 +20,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from wikigpt_core.chat import ChatFormatError
-from wikigpt_core.serve.engine import Done, Engine, Job, Params, QueueFull
-from wikigpt_core.serve.schemas import ChatRequest, CompletionRequest
+from wikigpt_core.generation import TokenLogprob
+from wikigpt_core.generation.text import token_bytes, token_text
+from wikigpt_core.serve.engine import Delta, Done, Engine, Job, Params, PromptTooLong, QueueFull
+from wikigpt_core.serve.schemas import ChatRequest, CompletionRequest, TextCompletionRequest
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 OPEN_PATHS = {"/", "/health"}  # reachable without the bearer token
+DEFAULT_CHAT_TOKENS = 256
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -29,13 +37,17 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
 
 
 def _describe(errors: list[dict[str, Any]]) -> str:
-    """Human message from pydantic errors, e.g. "body.temperature: must be <= 2"."""
+    """Human message from pydantic errors, e.g. "temperature: must be <= 2"."""
     parts = []
     for e in errors:
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        if e.get("type") == "extra_forbidden":
+            parts.append(f"{loc}: not supported by this server (see the README, 'Serving', for "
+                         "the parameters it implements)")
+            continue
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
+    return "; ".join(dict.fromkeys(parts))
 
 
 def _page() -> str:
@@ -45,10 +57,12 @@ def _page() -> str:
 def create_app(engine: Engine, token: str | None = None) -> FastAPI:
     app = FastAPI(title="WikiGPT", docs_url=None, redoc_url=None, openapi_url=None)
     page = _page()
+    tok = engine.tok
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, _describe(list(exc.errors())))
+        status = 400 if request.url.path.startswith("/v1/") else 422
+        return _error(status, _describe(list(exc.errors())))
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
@@ -74,18 +88,18 @@ def create_app(engine: Engine, token: str | None = None) -> FastAPI:
         return {"object": "list", "data": [{"id": engine.name, "object": "model",
                                             "created": int(engine.started), "owned_by": "wikigpt"}]}
 
-    def _submit(messages: list[dict[str, str]], params: Params) -> Job | JSONResponse:
+    def _submit(submit, *args, bad_status: int = 400) -> Job | JSONResponse:
         try:
-            return engine.submit(messages, params)
-        except ChatFormatError as e:
-            return _error(422, str(e))
+            return submit(*args)
+        except (ChatFormatError, PromptTooLong) as e:
+            return _error(bad_status, str(e))
         except QueueFull as e:
             return _error(503, f"server busy: {e}", "server_busy")
 
     @app.post("/chat")
     async def chat(req: ChatRequest) -> Any:
-        job = _submit([m.model_dump() for m in req.messages],
-                      Params(req.max_new_tokens, req.temperature, req.top_p, req.seed))
+        job = _submit(engine.submit, [m.model_dump() for m in req.messages],
+                      Params(req.max_new_tokens, req.temperature, req.top_p, req.seed), bad_status=422)
         if isinstance(job, JSONResponse):
             return job
 
@@ -94,82 +108,197 @@ def create_app(engine: Engine, token: str | None = None) -> FastAPI:
                 if isinstance(item, Done):
                     if item.error:
                         yield _sse({"error": item.error})
-                    break
-                yield _sse({"delta": item})
+                elif item.text:
+                    yield _sse({"delta": item.text})
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
 
     @app.post("/v1/chat/completions")
-    async def completions(req: CompletionRequest) -> Any:
+    async def chat_completions(req: CompletionRequest) -> Any:
         try:
             messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         except ValueError as e:
-            return _error(422, f"messages: {e}")
-        max_new = req.max_completion_tokens or req.max_tokens or 256
-        job = _submit(messages, Params(max_new, req.temperature, req.top_p, req.seed))
+            return _error(400, f"messages: {e}")
+        params = Params(req.max_completion_tokens or req.max_tokens or DEFAULT_CHAT_TOKENS,
+                        req.temperature, req.top_p, req.seed, stop=req.stop_strings(),
+                        logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
+        job = _submit(engine.submit, messages, params, req.n)
         if isinstance(job, JSONResponse):
             return job
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": cid, "created": created, "model": engine.name}
+        lp = (lambda items: {"content": [_chat_logprob(tok, x) for x in items], "refusal": None}) \
+            if req.logprobs else (lambda items: None)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_openai_stream(job, cid, created, engine.name, usage),
-                                     media_type="text/event-stream", headers=SSE_HEADERS)
-        text, done = [], None
-        async for item in _events(job):
-            if isinstance(item, Done):
-                done = item
-                break
-            text.append(item)
-        assert done is not None
-        if done.error:
-            return _error(500, f"generation failed: {done.error}", "server_error")
-        return {"id": cid, "object": "chat.completion", "created": created, "model": engine.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
-                             "finish_reason": done.finish_reason, "logprobs": None}],
-                "usage": _usage(done)}
+            return _stream(job, _chat_chunks(job, head, lp, usage))
+        texts, dones, logprobs = await _collect(job)
+        if (failed := _failure(dones)) is not None:
+            return failed
+        choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
+                    "finish_reason": dones[i].finish_reason, "logprobs": lp(logprobs[i])}
+                   for i in range(job.n)]
+        return {**head, "object": "chat.completion", "choices": choices, "usage": _usage(job, dones)}
+
+    @app.post("/v1/completions")
+    async def text_completions(req: TextCompletionRequest) -> Any:
+        prompts = [p if isinstance(p, list) else tok.encode(p) for p in req.prompts()]
+        params = Params(req.max_tokens, req.temperature, req.top_p, req.seed, stop=req.stop_strings(),
+                        logprobs=req.logprobs is not None, top_logprobs=req.logprobs or 0,
+                        prompt_logprobs=req.echo and req.logprobs is not None)
+        if req.stream and len(prompts) > 1:
+            return _error(400, "prompt: streaming takes a single prompt")
+        jobs = []
+        for ids in prompts:
+            job = _submit(engine.submit_ids, ids, params, req.n)
+            if isinstance(job, JSONResponse):
+                for j in jobs:
+                    j.cancelled.set()
+                return job
+            jobs.append(job)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name}
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return _stream(jobs[0], _text_chunks(jobs[0], head, tok, req, usage))
+        choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        for p, job in enumerate(jobs):
+            texts, dones, logprobs = await _collect(job)
+            if (failed := _failure(dones)) is not None:
+                return failed
+            prefix = tok.decode(job.ids) if req.echo else ""
+            for i in range(job.n):
+                scored = (dones[i].prompt_logprobs if req.echo else []) + logprobs[i]
+                ids = (job.ids if req.echo else []) + dones[i].tokens
+                choices.append({"index": p * job.n + i, "text": prefix + texts[i],
+                                "finish_reason": dones[i].finish_reason,
+                                "logprobs": _text_logprobs(tok, ids, scored, req.echo)
+                                if req.logprobs is not None else None})
+            for k, v in _usage(job, dones).items():
+                usage[k] += v
+        return {**head, "object": "text_completion", "choices": choices, "usage": usage}
 
     return app
 
 
-async def _events(job: Job) -> AsyncIterator[str | Done]:
-    """Deltas then one Done; a client that goes away cancels its generation."""
+async def _events(job: Job) -> AsyncIterator[Delta | Done]:
+    """Deltas and one Done per choice; a client that goes away cancels its generation."""
     try:
-        while True:
+        left = job.n
+        while left:
             item = await job.events.get()
             yield item
             if isinstance(item, Done):
-                return
+                left -= 1
     finally:
-        job.cancelled.set()  # no-op after Done; stops the worker early on a disconnect
+        job.cancelled.set()  # no-op once all are done; stops the worker early on a disconnect
+
+
+async def _collect(job: Job) -> tuple[list[str], list[Done], list[list[TokenLogprob]]]:
+    texts: list[list[str]] = [[] for _ in range(job.n)]
+    logprobs: list[list[TokenLogprob]] = [[] for _ in range(job.n)]
+    dones: list[Done | None] = [None] * job.n
+    async for item in _events(job):
+        if isinstance(item, Done):
+            dones[item.index] = item
+        else:
+            texts[item.index].append(item.text)
+            logprobs[item.index] += item.logprobs
+    return ["".join(t) for t in texts], dones, logprobs  # type: ignore[return-value]
+
+
+def _failure(dones: list[Done]) -> JSONResponse | None:
+    err = next((d.error for d in dones if d.error), None)
+    return _error(500, f"generation failed: {err}", "server_error") if err else None
+
+
+def _stream(job: Job, chunks: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _usage(done: Done) -> dict[str, int]:
-    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-            "total_tokens": done.prompt_tokens + done.completion_tokens}
+def _usage(job: Job, dones: list[Done]) -> dict[str, int]:
+    completion = sum(d.completion_tokens for d in dones)
+    return {"prompt_tokens": len(job.ids), "completion_tokens": completion,
+            "total_tokens": len(job.ids) + completion}
 
 
-async def _openai_stream(job: Job, cid: str, created: int, model: str, include_usage: bool
-                         ) -> AsyncIterator[str]:
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        return _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-                     **extra})
+def _chat_logprob(tok, lp: TokenLogprob) -> dict[str, Any]:
+    def one(token_id: int, logprob: float) -> dict[str, Any]:
+        return {"token": token_text(tok, token_id), "logprob": logprob,
+                "bytes": list(token_bytes(tok, token_id))}
+    return {**one(lp.token_id, lp.logprob), "top_logprobs": [one(i, v) for i, v in lp.top]}
 
-    yield chunk({"role": "assistant", "content": ""})
+
+def _text_logprobs(tok, ids: list[int], scored: list[TokenLogprob | None], echo: bool,
+                   offset: int = 0) -> dict[str, Any]:
+    """Legacy completions logprobs: tokens, token_logprobs, top_logprobs, text_offset. With
+    echo the first prompt token has no log-probability (nothing precedes it): null."""
+    tokens = [token_text(tok, i) for i in ids]
+    offsets, pos = [], offset
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    return {"tokens": tokens,
+            "token_logprobs": [None if s is None else s.logprob for s in scored],
+            "top_logprobs": [None if s is None else {token_text(tok, i): v for i, v in s.top}
+                             for s in scored],
+            "text_offset": offsets}
+
+
+async def _chat_chunks(job: Job, head: dict[str, Any], lp, include_usage: bool) -> AsyncIterator[str]:
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs=None) -> str:
+        return _sse({**head, "object": "chat.completion.chunk",
+                     "choices": [{"index": index, "delta": delta, "finish_reason": finish,
+                                  "logprobs": logprobs}]})
+
+    for i in range(job.n):
+        yield chunk(i, {"role": "assistant", "content": ""})
+    dones = []
     async for item in _events(job):
         if isinstance(item, Done):
             if item.error:
                 yield _sse({"error": {"message": f"generation failed: {item.error}", "type": "server_error"}})
                 break
-            yield chunk({}, item.finish_reason)
-            if include_usage:
-                yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
-                            "model": model, "choices": [], "usage": _usage(item)})
-            break
-        yield chunk({"content": item})
+            dones.append(item)
+            yield chunk(item.index, {}, item.finish_reason)
+        else:
+            yield chunk(item.index, {"content": item.text}, logprobs=lp(item.logprobs))
+    if include_usage and len(dones) == job.n:
+        yield _sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(job, dones)})
+    yield "data: [DONE]\n\n"
+
+
+async def _text_chunks(job: Job, head: dict[str, Any], tok, req: TextCompletionRequest,
+                       include_usage: bool) -> AsyncIterator[str]:
+    def chunk(index: int, text: str, finish: str | None = None, logprobs=None) -> str:
+        return _sse({**head, "object": "text_completion",
+                     "choices": [{"index": index, "text": text, "finish_reason": finish,
+                                  "logprobs": logprobs}]})
+
+    want = req.logprobs is not None
+    dones = []
+    echoed = set()
+    async for item in _events(job):
+        if req.echo and item.index not in echoed:  # the prompt goes first, once per choice
+            echoed.add(item.index)
+            prompt_lp = None
+            if want and isinstance(item, Done):
+                prompt_lp = _text_logprobs(tok, job.ids, item.prompt_logprobs, True)
+            yield chunk(item.index, tok.decode(job.ids), logprobs=prompt_lp)
+        if isinstance(item, Done):
+            if item.error:
+                yield _sse({"error": {"message": f"generation failed: {item.error}", "type": "server_error"}})
+                break
+            dones.append(item)
+            yield chunk(item.index, "", item.finish_reason)
+        else:
+            ids = [x.token_id for x in item.logprobs]
+            yield chunk(item.index, item.text,
+                        logprobs=_text_logprobs(tok, ids, item.logprobs, False) if want else None)
+    if include_usage and len(dones) == job.n:
+        yield _sse({**head, "object": "text_completion", "choices": [], "usage": _usage(job, dones)})
     yield "data: [DONE]\n\n"

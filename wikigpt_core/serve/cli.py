@@ -31,8 +31,10 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=None,
                    help=f"require 'Authorization: Bearer <token>' (default: ${TOKEN_ENV} if set)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="sequences decoded together (continuous batching; default 8)")
     p.add_argument("--max-queue", type=int, default=16,
-                   help="requests that may wait for the model; more get 503 (default 16)")
+                   help="sequences that may wait beyond the batch; more get 503 (default 16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
@@ -56,7 +58,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         logging.getLogger("wikigpt.serve").warning(
             "binding %s without --token: anyone who can reach this port can use the model", args.host)
-    engine = Engine.from_release(release, max_queue=args.max_queue)
+    engine = Engine.from_release(release, max_queue=args.max_queue, max_batch=args.max_batch)
     app = create_app(engine, token=token)
     print(f"serving {engine.name} from {release} on http://{args.host}:{args.port} "
           f"(auth {'on' if token else 'off'})", flush=True)

@@ -1,9 +1,12 @@
-"""The generation engine behind the HTTP server.
+"""The generation engine behind the HTTP server: continuous batching on one worker thread.
 
-One worker thread owns the model and runs one request at a time with the KV cache, so
-concurrent requests can never mix their tokens or sampler state. Requests wait in a bounded
-queue; when it is full, `submit` raises `QueueFull` (the server answers 503). Each request gets
-its own asyncio queue of events (text deltas, then a final `Done`), fed thread-safely.
+The worker owns the model and a `BatchDecoder`: every step decodes one token for all running
+sequences together, new requests join between steps and finished or cancelled ones leave,
+so concurrent requests share the model without waiting for each other and never mix their
+tokens or sampler state (each sequence has its own seeded generator). At most `max_batch`
+sequences decode at once; `max_queue` more may wait; beyond that `submit` raises `QueueFull`
+(the server answers 503). Each request gets an asyncio queue of events (`Delta`s, then one
+`Done` per choice), fed thread-safely.
 """
 from __future__ import annotations
 
@@ -13,14 +16,15 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wikigpt_core.chat import ChatFormatError, render_prompt, validate_messages
-from wikigpt_core.serve.streaming import IncrementalDecoder
+from wikigpt_core.chat import ChatFormatError
+from wikigpt_core.generation import (BatchDecoder, SamplingParams, Sequence, TokenLogprob,
+                                     crop_conversation, prompt_budget)
 from wikigpt_core.tokenizer import WikiTokenizer
 
 log = logging.getLogger(__name__)
@@ -30,157 +34,213 @@ class QueueFull(RuntimeError):
     """The request queue is at capacity; retry later."""
 
 
+class PromptTooLong(ValueError):
+    """A raw prompt that does not fit the context with its token budget."""
+
+
+def Params(max_new_tokens: int = 256, temperature: float = 0.7, top_p: float = 0.9,
+           seed: int | None = None, **more: Any) -> SamplingParams:
+    """Positional shorthand for `SamplingParams` (max_new_tokens, temperature, top_p, seed)."""
+    return SamplingParams(max_new_tokens, temperature, top_p, seed, **more)
+
+
 @dataclass
-class Params:
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.9
-    seed: int | None = None
+class Delta:
+    """New text (and the tokens' logprobs, when asked) of choice `index`."""
+
+    text: str
+    index: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
 class Done:
-    """Final event of a request."""
+    """Final event of one choice."""
 
-    finish_reason: str  # "stop" (<|end|> produced) or "length" (max_new_tokens reached)
+    finish_reason: str  # "stop" (stop token or string), "length", "cancelled" or "error"
     prompt_tokens: int
     completion_tokens: int
     cropped_tokens: int
     error: str | None = None
+    index: int = 0
+    tokens: list[int] = field(default_factory=list)
+    """The generated ids, a final stop token included."""
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     ids: list[int]
-    params: Params
+    params: SamplingParams
     cropped: int
     loop: asyncio.AbstractEventLoop
+    n: int = 1
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    finished: int = 0
 
     def emit(self, event: Any) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            pass
 
 
 MAX_CHARS = 1_000_000
 """Largest conversation accepted, in characters (the model only ever sees its tail)."""
 
 
-def crop_prompt(messages: list[dict[str, str]], tok: WikiTokenizer, budget: int) -> tuple[list[int], int]:
-    """Render the conversation into at most `budget` ids, cropping from the left: first whole
-    earlier exchanges are dropped (so the model still sees well-formed turns), then, if the
-    last user turn alone is too long, its oldest tokens. Returns (ids, tokens cropped)."""
-    # Each turn renders as <|role|> content <|end|>, plus one final <|assistant|>: count tokens
-    # per turn once, then render only the suffix that fits.
-    sizes = [len(ids) + 2 for ids in tok.encode_batch([m["content"] for m in messages])]
-    total = sum(sizes) + 1
-    start, kept = 0, total
-    while kept > budget and start + 2 < len(messages):
-        kept -= sizes[start] + sizes[start + 1]  # drop the oldest user/assistant exchange
-        start += 2
-    ids = render_prompt(messages[start:], tok)
-    assert len(ids) == kept, "turn sizes disagree with the chat template"
-    if len(ids) > budget:
-        ids = ids[-budget:]
-    return ids, total - len(ids)
-
-
 class Engine:
     """Loads nothing itself: give it a core GPT and its tokenizer (see `Engine.from_release`)."""
 
     def __init__(self, model: torch.nn.Module, tok: WikiTokenizer, *, name: str = "wikigpt",
-                 max_queue: int = 16) -> None:
+                 max_queue: int = 16, max_batch: int = 8) -> None:
         self.model = model.eval()
         self.tok = tok
         self.name = name
         self.block_size = int(model.config.block_size)
-        self.stop_ids = [tok.end_id, tok.doc_id]
-        self.max_queue = max_queue
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
-        self._busy = threading.Event()
+        self.max_queue, self.max_batch = max_queue, max_batch
+        self._decoder = BatchDecoder(self.model, max_batch=max_batch)
+        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._in_system = 0  # sequences accepted and not yet finished
         self.counts = {"completed": 0, "cancelled": 0, "failed": 0}
+        self.peak_batch = 0  # the most sequences one step has decoded together
         self._worker = threading.Thread(target=self._run, name="wikigpt-generate", daemon=True)
         self.started = time.time()
         self._worker.start()
 
     @classmethod
-    def from_release(cls, release_dir: Path, *, max_queue: int = 16, name: str | None = None) -> "Engine":
+    def from_release(cls, release_dir: Path, *, max_queue: int = 16, max_batch: int = 8,
+                     name: str | None = None) -> "Engine":
         from wikigpt_core.release.hf_export import load_release_model
 
         model = load_release_model(release_dir)
         tok = WikiTokenizer.load(release_dir)
-        return cls(model, tok, name=name or release_name(release_dir), max_queue=max_queue)
+        return cls(model, tok, name=name or release_name(release_dir), max_queue=max_queue,
+                   max_batch=max_batch)
 
     # -- request side (event loop thread) ---------------------------------------------------
     def prompt_budget(self, max_new_tokens: int) -> int:
-        """Prompt tokens allowed so the reply fits the context; at least a quarter of it."""
-        return max(self.block_size - max_new_tokens, self.block_size // 4)
+        return prompt_budget(self.block_size, max_new_tokens)
 
-    def submit(self, messages: list[dict[str, str]], params: Params) -> Job:
-        """Render, crop and enqueue; raises ChatFormatError (bad messages) or QueueFull."""
-        validate_messages(messages, for_generation=True)
-        chars = sum(len(m["content"]) for m in messages)
-        if chars > MAX_CHARS:
-            raise ChatFormatError(f"the conversation has {chars:,} characters; the limit is "
-                                  f"{MAX_CHARS:,} (only the last {self.block_size} tokens are used anyway)")
-        ids, cropped = crop_prompt(messages, self.tok, self.prompt_budget(params.max_new_tokens))
-        job = Job(ids=ids, params=params, cropped=cropped, loop=asyncio.get_running_loop())
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise QueueFull(f"{self.max_queue} requests are already waiting; retry shortly") from None
+    def submit(self, messages: list[dict[str, str]], params: SamplingParams, n: int = 1) -> Job:
+        """Render, crop and enqueue a chat; raises ChatFormatError (bad messages) or QueueFull."""
+        if isinstance(messages, list):
+            chars = sum(len(m.get("content") or "") for m in messages if isinstance(m, dict)
+                        and isinstance(m.get("content"), str))
+            if chars > MAX_CHARS:
+                raise ChatFormatError(f"the conversation has {chars:,} characters; the limit is "
+                                      f"{MAX_CHARS:,} (only the last {self.block_size} tokens are used anyway)")
+        ids, cropped = crop_conversation(messages, self.tok, self.prompt_budget(params.max_new_tokens))
+        return self._enqueue(ids, params, cropped, n)
+
+    def submit_ids(self, ids: list[int], params: SamplingParams, n: int = 1) -> Job:
+        """Enqueue a raw prompt as is; raises PromptTooLong or QueueFull."""
+        if not ids:
+            raise PromptTooLong("the prompt is empty; give at least one token")
+        if any(not 0 <= i < self.tok.vocab_size for i in ids):
+            raise PromptTooLong(f"prompt token ids must be in [0, {self.tok.vocab_size})")
+        if len(ids) + params.max_new_tokens > self.block_size:
+            raise PromptTooLong(f"the prompt has {len(ids)} tokens and max_tokens is "
+                                f"{params.max_new_tokens}; together they must fit the "
+                                f"{self.block_size}-token context")
+        return self._enqueue(ids, params, 0, n)
+
+    def _enqueue(self, ids: list[int], params: SamplingParams, cropped: int, n: int) -> Job:
+        job = Job(ids=ids, params=params, cropped=cropped, loop=asyncio.get_running_loop(), n=n)
+        with self._lock:
+            if self._in_system + n > self.max_batch + self.max_queue:
+                raise QueueFull(f"the batch ({self.max_batch} sequences) and the queue "
+                                f"({self.max_queue} more) are full; retry shortly")
+            self._in_system += n
+        self._inbox.put(job)
         return job
 
     def stats(self) -> dict[str, Any]:
-        return {"waiting": self._queue.qsize(), "capacity": self.max_queue, "busy": self._busy.is_set(),
+        with self._lock:
+            in_system = self._in_system
+        return {"decoding": len(self._decoder.active), "in_system": in_system,
+                "max_batch": self.max_batch, "peak_batch": self.peak_batch,
+                "capacity": self.max_queue, "busy": in_system > 0,
                 **self.counts}
 
     def close(self) -> None:
-        self._queue.put(None)
+        self._inbox.put(None)
 
     # -- worker thread -----------------------------------------------------------------------
     def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            if job.cancelled.is_set():  # the client left while waiting
-                self.counts["cancelled"] += 1
-                continue
-            self._busy.set()
+        while True:
+            dec = self._decoder
             try:
-                finish = self._generate(job)
-                self.counts["cancelled" if finish == "cancelled" else "completed"] += 1
-            except Exception as e:  # report to this request only; the server keeps serving
+                job = self._inbox.get(block=not dec.busy)
+            except queue.Empty:
+                job = False
+            while job:
+                self._start(job)
+                try:
+                    job = self._inbox.get_nowait()
+                except queue.Empty:
+                    job = False
+            if job is None:
+                return
+            for seq in (*dec.active, *dec.waiting):
+                if seq.tag[0].cancelled.is_set() and seq.finish_reason is None:
+                    seq.cancel()  # the client left: the row is freed at the next step
+                    self._report(seq)
+            if not dec.busy:
+                continue
+            try:
+                touched = dec.step()
+            except Exception as e:  # report to the requests in flight; the server keeps serving
                 log.exception("generation failed")
-                self.counts["failed"] += 1
-                job.emit(Done("error", len(job.ids), 0, job.cropped, error=f"{type(e).__name__}: {e}"))
-            finally:
-                self._busy.clear()
+                self._fail_all(f"{type(e).__name__}: {e}")
+                continue
+            self.peak_batch = max(self.peak_batch, len(dec.active))
+            for seq in touched:
+                self._report(seq)
 
-    def _generate(self, job: Job) -> str:
-        p = job.params
-        gen = None
-        if p.seed is not None:
-            gen = torch.Generator().manual_seed(int(p.seed))
-        decoder = IncrementalDecoder(self.tok)
-        finish, count = "length", 0
-        idx = torch.tensor([job.ids], dtype=torch.long)
-        for token in self.model.generate_stream(idx, p.max_new_tokens, temperature=p.temperature,
-                                                top_p=p.top_p, stop_ids=self.stop_ids,
-                                                use_cache=True, generator=gen):
-            count += 1
-            if token in self.stop_ids:
-                finish = "stop"  # never emitted as text
-                break
-            delta = decoder.push(token)
-            if delta:
-                job.emit(delta)
-            if job.cancelled.is_set():
-                finish = "cancelled"
-                break
-        tail = decoder.finish()
-        if tail:
-            job.emit(tail)
-        job.emit(Done(finish, len(job.ids), count, job.cropped))
-        return finish
+    def _start(self, job: Job) -> None:
+        for i in range(job.n):
+            p = job.params
+            if p.seed is not None and i:
+                p = replace(p, seed=p.seed + i)  # choices differ, each reproducible
+            self._decoder.add(Sequence(job.ids, p, self.tok, tag=(job, i)))
+
+    def _report(self, seq: Sequence) -> None:
+        job, index = seq.tag
+        if getattr(seq, "reported", False):
+            return
+        text, logprobs = seq.drain()
+        if text or logprobs:
+            job.emit(Delta(text, index, logprobs))
+        if seq.finish_reason is not None:
+            job.emit(Done(seq.finish_reason, len(job.ids), len(seq.tokens), job.cropped,
+                          index=index, tokens=list(seq.tokens), prompt_logprobs=seq.prompt_logprobs))
+            seq.reported = True
+            self._finished(job, seq.finish_reason)
+
+    def _finished(self, job: Job, reason: str) -> None:
+        with self._lock:
+            self._in_system -= 1
+        job.finished += 1
+        if reason == "cancelled":
+            job.cancelled.set()
+        if job.finished == job.n:
+            kind = {"cancelled": "cancelled", "error": "failed"}.get(reason, "completed")
+            if job.cancelled.is_set() and kind == "completed":
+                kind = "cancelled"
+            self.counts[kind] += 1
+
+    def _fail_all(self, error: str) -> None:
+        dec = self._decoder
+        for seq in (*dec.active, *dec.waiting):
+            job, index = seq.tag
+            if getattr(seq, "reported", False):
+                continue
+            job.emit(Done("error", len(job.ids), len(seq.tokens), job.cropped, error=error, index=index))
+            self._finished(job, "error")
+        self._decoder = BatchDecoder(self.model, max_batch=self.max_batch)
 
 
 def release_name(release_dir: Path) -> str:

@@ -1,22 +1,28 @@
-"""Request bodies. Range checks follow SPEC §6; a violation becomes a 422 whose message
-names the field and says what is allowed."""
+"""Request bodies. `/chat` follows docs/reference.md, "Serving" (a violation is a 422 naming the field). The
+OpenAI-compatible bodies accept exactly what this server implements: any other field (tools,
+response_format, penalties other than 0, ...) is refused with a 400 that names it, so no
+client setting is ever silently ignored."""
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_NEW_TOKENS = 768
+MAX_N = 8
+"""Choices per request (each decodes as its own sequence in the batch)."""
+MAX_STOP = 4
+MAX_TOP_LOGPROBS = 20
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["user", "assistant"]
+    role: Literal["system", "user", "assistant"]
     content: str
 
 
 class ChatRequest(BaseModel):
-    """POST /chat (SPEC §6)."""
+    """POST /chat."""
 
     model_config = ConfigDict(extra="forbid")
     messages: list[Message] = Field(min_length=1)
@@ -27,16 +33,18 @@ class ChatRequest(BaseModel):
 
 
 class OpenAIMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     role: str
     content: str | list[dict[str, Any]] | None = None
 
     @field_validator("role")
     @classmethod
     def _role(cls, v: str) -> str:
-        if v not in ("user", "assistant"):
-            raise ValueError(f"role {v!r} is not supported; this model has no system prompt, "
-                             "use only 'user' and 'assistant'")
+        if v == "developer":  # OpenAI's newer name for the system role
+            return "system"
+        if v not in ("system", "user", "assistant"):
+            raise ValueError(f"role {v!r} is not supported; use 'system' (first only), 'user' and "
+                             "'assistant' (tools and function calls are not implemented)")
         return v
 
     def text(self) -> str:
@@ -54,29 +62,104 @@ class OpenAIMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    """POST /v1/chat/completions: the subset of the OpenAI API this model can honour.
-    Unknown extra fields are ignored, as OpenAI-compatible servers do."""
+class _Sampling(BaseModel):
+    """Fields both OpenAI endpoints share."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     model: str | None = None
-    messages: list[OpenAIMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    """Echoed back as the served model's name; this server serves one model."""
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    """An end-user label for the caller's own logs; it never changes the output."""
 
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: Any) -> Any:
-        if v:
-            raise ValueError("custom stop sequences are not supported; the model stops at <|end|>")
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > MAX_STOP or any(not s for s in stops):
+            raise ValueError(f"give at most {MAX_STOP} non-empty stop strings")
         return v
+
+    @field_validator("frequency_penalty", "presence_penalty")
+    @classmethod
+    def _no_penalty(cls, v: float) -> float:
+        if v != 0:
+            raise ValueError("penalties are not implemented; leave it at 0")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, v: Any) -> Any:
+        if v:
+            raise ValueError("logit_bias is not implemented")
+        return v
+
+    @model_validator(mode="after")
+    def _stream_options(self):
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream: true")
+        return self
+
+    def stop_strings(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/chat/completions."""
+
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+
+class TextCompletionRequest(_Sampling):
+    """POST /v1/completions: raw text (or token ids) continued, optionally echoed and scored."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int = Field(16, ge=0, le=MAX_NEW_TOKENS)
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    """Log-probabilities of the tokens, plus this many alternatives each."""
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("prompt must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _zero_tokens_needs_echo(self):
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens 0 only makes sense with echo: true (to score the prompt)")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt(s) as a list: strings or token-id lists."""
+        v = self.prompt
+        if isinstance(v, str):
+            return [v]
+        if all(isinstance(x, int) for x in v):
+            return [list(v)]
+        return list(v)

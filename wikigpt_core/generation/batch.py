@@ -1,0 +1,228 @@
+"""Continuous batching: concurrent sequences decode together over one ragged KV cache.
+
+Each `step()` runs one batched forward that feeds every active sequence its last token (one
+new token per sequence), then lets waiting sequences join free rows, each prefilled alone
+(exactly the batch-1 computation) straight into its row of the shared cache. A sequence that
+finishes (stop token, stop string, token budget, full context, or cancelled) leaves at once and
+the rows are compacted, so the next step only computes live sequences. Every sequence samples
+from its own generator, so its tokens do not depend on the company it decodes in.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from wikigpt_core.generation.prompts import stop_ids as default_stop_ids
+from wikigpt_core.generation.sampling import TokenLogprob, nucleus_probs, token_logprobs
+from wikigpt_core.generation.text import StopText
+from wikigpt_core.tokenizer import WikiTokenizer
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 256
+    """Generated tokens at most (a stop token counts); 0 only scores the prompt."""
+    temperature: float = 0.7
+    """0 is greedy."""
+    top_p: float = 0.9
+    seed: int | None = None
+    """Seeds this sequence's own generator; None draws from torch's global generator."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: the text ends just before the first one that appears."""
+    logprobs: bool = False
+    """Record each generated token's log-probability."""
+    top_logprobs: int = 0
+    """Also record this many most likely alternatives per token (at most 20)."""
+    prompt_logprobs: bool = False
+    """Score the prompt tokens too (echo): each token's log-probability given those before."""
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One prompt being continued. Read `tokens`, `text`, `finish_reason` and the logprob
+    lists; `drain()` hands out what is new since the last call (for streaming)."""
+
+    prompt: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    tok: WikiTokenizer | None = None
+    tag: object = None
+    """Anything the caller wants to find the sequence by."""
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
+    finish_reason: str | None = None
+    """"stop", "length" or "cancelled" once finished."""
+
+    def __post_init__(self) -> None:
+        self._text = StopText(self.tok, self.params.stop) if self.tok is not None else None
+        if self.params.stop and self.tok is None:
+            raise ValueError("stop strings need a tokenizer")
+        self._pending_text: list[str] = []
+        self._drained_logprobs = 0
+        self.generator: torch.Generator | None = None
+
+    @property
+    def text(self) -> str:
+        """Generated text so far (final once finished); stop tokens and stop strings excluded."""
+        return self._text.text[:self._text.sent] if self._text else ""
+
+    def drain(self) -> tuple[str, list[TokenLogprob]]:
+        text, self._pending_text = "".join(self._pending_text), []
+        new = self.logprobs[self._drained_logprobs:]
+        self._drained_logprobs = len(self.logprobs)
+        return text, new
+
+    def cancel(self) -> None:
+        if self.finish_reason is None:
+            self.finish_reason = "cancelled"
+
+    def _accept(self, token: int, logprob: TokenLogprob | None, stops: frozenset[int], block: int) -> None:
+        self.tokens.append(token)
+        if logprob is not None:  # a stop token's too: scoring clients count every token
+            self.logprobs.append(logprob)
+        if token in stops:
+            return self._finish("stop")
+        if self._text is not None:
+            delta, stopped = self._text.push(token)
+            self._pending_text.append(delta)
+            if stopped:
+                return self._finish("stop")
+        if len(self.tokens) >= self.params.max_new_tokens or len(self.prompt) + len(self.tokens) >= block:
+            self._finish("length")
+
+    def _finish(self, reason: str) -> None:
+        self.finish_reason = reason
+        if self._text is not None:
+            self._pending_text.append(self._text.finish())
+
+
+class BatchDecoder:
+    """Owns a model's decoding; not thread-safe (one thread calls add/step)."""
+
+    def __init__(self, model, *, max_batch: int = 8, stop_ids: frozenset[int] | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.model = model  # the caller puts it in eval mode
+        self.max_batch = max_batch
+        self.block = int(model.config.block_size)
+        self.stop_ids = default_stop_ids() if stop_ids is None else frozenset(stop_ids)
+        self.device = next(model.parameters()).device
+        self.waiting: deque[Sequence] = deque()
+        self.active: list[Sequence] = []  # active[i] owns row i of the cache
+        self._cache = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.active or self.waiting)
+
+    def add(self, seq: Sequence) -> Sequence:
+        p = seq.params
+        if not seq.prompt:
+            raise ValueError("the prompt is empty; give at least one token")
+        if len(seq.prompt) + (p.max_new_tokens > 0) > self.block:
+            raise ValueError(f"the prompt has {len(seq.prompt)} tokens; the context holds {self.block}")
+        if not 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+        if p.seed is not None:
+            seq.generator = torch.Generator(device=self.device).manual_seed(int(p.seed))
+        self.waiting.append(seq)
+        return seq
+
+    @torch.no_grad()
+    def step(self) -> list[Sequence]:
+        """One decode step for all active sequences, then admit waiting ones. Returns the
+        sequences that changed (new tokens or finished); finished ones have left."""
+        touched: list[Sequence] = []
+        self._leave()
+        if self.active:
+            cache = self._cache
+            cache.rows = len(self.active)
+            fed = torch.tensor([[s.tokens[-1]] for s in self.active], device=self.device)
+            logits, _ = self.model(fed, cache=cache)
+            self._choose(self.active, logits[:, -1])
+            touched += self.active
+            self._leave()
+        while self.waiting and len(self.active) < self.max_batch:
+            seq = self.waiting.popleft()
+            touched.append(seq)
+            if seq.finish_reason is None:  # not cancelled while it waited
+                self._join(seq)
+        self._leave()
+        return touched
+
+    def run(self, seqs: list[Sequence]) -> list[Sequence]:
+        """Decode `seqs` to the end (at most max_batch at a time); returns them."""
+        for s in seqs:
+            self.add(s)
+        while self.busy:
+            self.step()
+        return seqs
+
+    def _join(self, seq: Sequence) -> None:
+        if self._cache is None:
+            self._cache = self.model.new_ragged_cache(self.max_batch)
+        slot = len(self.active)
+        view = self._cache.row_cache(slot)
+        ids = torch.tensor([seq.prompt], device=self.device)
+        logits, _ = self.model(ids, cache=view, all_logits=seq.params.prompt_logprobs)
+        self._cache.lengths[slot] = view.pos
+        self.active.append(seq)
+        if seq.params.prompt_logprobs:
+            seq.prompt_logprobs = [None, *token_logprobs(logits[0, :-1], ids[0, 1:], seq.params.top_logprobs)]
+        if seq.params.max_new_tokens == 0:
+            seq._finish("length")
+            return
+        self._choose([seq], logits[:, -1])
+
+    def _choose(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        """Pick each sequence's next token from its row of logits (n, V)."""
+        chosen = logits.float().argmax(dim=-1)
+        for i, s in enumerate(seqs):
+            if s.params.temperature > 0:
+                probs = nucleus_probs(logits[i:i + 1], s.params.temperature, s.params.top_p)
+                chosen[i] = torch.multinomial(probs, 1, generator=s.generator)[0, 0]
+        want = [i for i, s in enumerate(seqs) if s.params.logprobs]
+        lps: dict[int, TokenLogprob] = {}
+        if want:
+            top = max(seqs[i].params.top_logprobs for i in want)
+            rows = torch.tensor(want, device=logits.device)
+            for i, lp in zip(want, token_logprobs(logits[rows], chosen[rows], top)):
+                lp.top = lp.top[:seqs[i].params.top_logprobs]
+                lps[i] = lp
+        for i, (s, t) in enumerate(zip(seqs, chosen.tolist())):
+            s._accept(t, lps.get(i), self.stop_ids, self.block)
+
+    def _leave(self) -> None:
+        """Drop finished sequences and compact the rest into rows 0..n-1, order kept."""
+        keep = [s for s in self.active if s.finish_reason is None]
+        if len(keep) == len(self.active):
+            return
+        slot_of = {id(s): i for i, s in enumerate(self.active)}
+        for dst, s in enumerate(keep):
+            src = slot_of[id(s)]
+            if src != dst:  # src > dst, and row dst is free or already moved down
+                self._cache.move_row(src, dst)
+        self.active = keep
+
+
+@contextlib.contextmanager
+def decode_threads(model) -> Iterator[None]:
+    """One CPU thread while decoding a small model: each step is a few tiny matmuls, and
+    intra-op threads then cost more in synchronization than they save (measured ~10x slower
+    with 2 threads on a busy 2-core box). Restored afterwards."""
+    device = next(model.parameters()).device
+    small = device.type == "cpu" and model.config.n_embd <= 256
+    before = torch.get_num_threads()
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(before)
