@@ -145,6 +145,9 @@ class TeacherConfig:
     backend: str = "offline"
     """offline (built-in, deterministic) or openai (any OpenAI-compatible endpoint, e.g. vLLM)."""
     base_url: str = "http://127.0.0.1:8001/v1"
+    launch: str = "none"
+    """none: use `base_url` as it is. skypilot: the stages that need the teacher rent one
+    (sky/teacher.yaml: `model` on vLLM) for the duration of their work, and tear it down."""
     model: str = "Qwen/Qwen2.5-7B-Instruct"
     concurrency: int = 8
     """Requests in flight at once (bounded thread pool)."""
@@ -228,7 +231,23 @@ class EvalConfig:
     harness_temperature: float = 0.0
     """Decoding for the harness and pairwise replies (0 = greedy, reproducible)."""
     sft_ppl_limit: float = 25.0
-    """SFT val perplexity at or above this means catastrophic forgetting (SPEC §4, 124m)."""
+    """SFT val perplexity at or above this means catastrophic forgetting (at 124m;
+    docs/reference.md, "Evaluation")."""
+    dpo_ppl_max_ratio: float = 1.3
+    """DPO val perplexity above this multiple of SFT's means DPO drifted off the language model
+    (a non-blocking check on dpo_checkpoint warns)."""
+    lm_eval: bool = False
+    """Run EleutherAI's lm-evaluation-harness on all three checkpoints (the `lmeval` extra;
+    task datasets come from the Hugging Face Hub at run time). On for 124m and 350m."""
+    lm_eval_tasks: list[str] = field(default_factory=lambda: [
+        "hellaswag", "arc_easy", "arc_challenge", "piqa", "lambada_openai", "winogrande"])
+    """lm-eval task names, evaluated zero-shot."""
+    lm_eval_limit: int | None = None
+    """Examples per task (None: the whole split)."""
+    lm_eval_include_path: str = ""
+    """A folder of extra lm-eval task YAMLs (local tasks); "" for the built-in ones only."""
+    lm_eval_batch_size: int = 16
+    """Requests per forward pass in lm-eval's HF model."""
 
 
 @dataclass
@@ -325,7 +344,7 @@ def _preset(name: str) -> Settings:
         )
     if name in ("124m", "350m"):
         if name == "124m":
-            model = GPTConfig()  # SPEC §2 exactly
+            model = GPTConfig()  # the reference shape, docs/reference.md
             pre_batch, pre_accum = 16, 32  # 16 x 1,024 x 32 = 524,288 tokens per optimizer step
         else:
             # A standard ~350 M Llama shape: 24 layers, width 1,024, 16 heads of 64.
@@ -350,7 +369,7 @@ def _preset(name: str) -> Settings:
             preference=PreferenceConfig(),
             dpo=TrainConfig(epochs=1, batch_size=8, grad_accum=4, lr=1e-6, warmup_steps=20,
                             eval_interval=100, ckpt_interval=100, sample_interval=100),
-            eval=EvalConfig(),
+            eval=EvalConfig(lm_eval=True),
             release=ReleaseConfig(repo_name=f"wikigpt-{name}-instruct"),
         )
     raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")

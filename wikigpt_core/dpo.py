@@ -2,7 +2,8 @@
 
     python -m wikigpt_core.run dpo_checkpoint --spec FILE
 
-Each pair is rendered as the SPEC §3 generation prompt followed by a response (its content
+Each pair is rendered as the generation prompt (docs/reference.md, "Chat format") followed by
+a response (its content
 tokens + <|end|>). The policy starts from the SFT model; a frozen copy of the SFT model is the
 reference. Sequence log-probs sum over response tokens only; the loss is
 -log sigmoid(beta * [(log pi_c - log ref_c) - (log pi_r - log ref_r)]) with beta =

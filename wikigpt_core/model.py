@@ -1,4 +1,4 @@
-"""WikiGPT: a Llama-style decoder on a GPT-2-small skeleton (SPEC §2).
+"""WikiGPT: a Llama-style decoder on a GPT-2-small skeleton (docs/reference.md, "Model shape").
 
 Pre-norm blocks of RMSNorm -> attention (fused qkv, RoPE, SDPA) and RMSNorm -> SwiGLU, a final
 RMSNorm and an LM head tied to the token embedding. Parameter names and layouts map one-to-one
@@ -14,43 +14,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wikigpt_core.model_config import GPTConfig
+from wikigpt_core.generation.sampling import sample_next  # the one sampling rule (re-exported)
+
 IGNORE_INDEX = -100
-
-
-@dataclass
-class GPTConfig:
-    """Model shape. Defaults are WikiGPT-124M (SPEC §2)."""
-
-    vocab_size: int = 32_768
-    """Token vocabulary; must match the tokenizer."""
-    block_size: int = 1_024
-    """Context length in tokens."""
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    """Residual width; head_dim = n_embd // n_head."""
-    rope_theta: float = 10_000.0
-    norm_eps: float = 1e-6
-    dropout: float = 0.0
-    mlp_multiple_of: int = 256
-    """SwiGLU hidden = 8/3 * n_embd rounded up to this multiple (2,048 at width 768)."""
-    head_dim: int = field(init=False)
-    mlp_hidden: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        self.head_dim = self.n_embd // self.n_head
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
-        raw = math.ceil(8 * self.n_embd / 3)
-        self.mlp_hidden = self.mlp_multiple_of * math.ceil(raw / self.mlp_multiple_of)
 
 
 class RMSNorm(nn.Module):
@@ -387,20 +359,3 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
                              ignore_index=IGNORE_INDEX, reduction="sum")
     count = (flat != IGNORE_INDEX).sum().clamp(min=1)
     return losses / count
-
-
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row from logits (B, V). Float32; temperature 0 is greedy; nucleus keeps the
-    smallest prefix of probability-sorted tokens whose mass reaches top_p."""
-    logits = logits.float()
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly before each token
-        sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)  # the first token always stays
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    choice = torch.multinomial(probs, 1, generator=generator)
-    return choice[:, 0]

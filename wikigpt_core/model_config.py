@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class GPTConfig:
-    """Model shape. Defaults are WikiGPT-124M (SPEC §2)."""
+    """Model shape. Defaults are WikiGPT-124M (docs/reference.md, "Model shape")."""
 
     vocab_size: int = 32_768
     """Token vocabulary; must match the tokenizer."""

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning stage (SPEC §3): base checkpoint + SFT dataset -> SFT checkpoint.
+"""Supervised fine-tuning stage (docs/reference.md, "Chat format"): base checkpoint + SFT
+dataset -> SFT checkpoint.
 
     python -m wikigpt_core.run sft_checkpoint --spec FILE
 

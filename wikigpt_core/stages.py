@@ -63,7 +63,7 @@ def _wiki_dump(spec: StageSpec, rep) -> StageResult:
     or copied from WIKIGPT_DUMP and verified by SHA-1."""
     from wikigpt_core.data.dump import run_dump
 
-    return run_dump(spec.section("dump"), spec.out, spec.work)
+    return run_dump(spec.section("dump"), spec.out, spec.work, identity=spec.fingerprint)
 
 
 def _cleaned_articles(spec: StageSpec, rep) -> StageResult:
@@ -238,9 +238,11 @@ def fingerprint(stage: Stage, settings: Settings) -> str:
     """The identity of what a source stage reads from outside the pipeline (the dump)."""
     if stage.name != "wiki_dump":
         return ""
-    from wikigpt_core.data.dump import observe_dump
+    from wikigpt_core.data.dump import static_fingerprint
 
-    return observe_dump(settings.dump)
+    # No network: a dump name's published identity comes from observing the source at run time
+    # (wikigpt_pipeline.dump_source), not from loading the definitions.
+    return static_fingerprint(settings.dump)
 
 
 def config_tables(stage: Stage, settings: Settings) -> dict[str, dict]:

@@ -2,7 +2,7 @@
 
 Specials take the first ids, in this order, and are single tokens:
   0 <|endoftext|>  document separator in the pretraining shards
-  1 <|user|>       2 <|assistant|>   3 <|end|>   chat template (SPEC §3)
+  1 <|user|>       2 <|assistant|>   3 <|end|>   chat template (docs/reference.md, "Chat format")
 Ordinary text can never produce them: `encode` splits special-looking text into bytes
 (`encode_special_tokens`), so a user who types "<|end|>" gets ordinary tokens. Chat rendering
 inserts the special ids directly (see wikigpt_core.chat).

@@ -1,4 +1,4 @@
-"""Every judge-free harness metric of SPEC §4 on hand-made examples."""
+"""Every judge-free harness metric (docs/reference.md, "Evaluation") on hand-made examples."""
 from __future__ import annotations
 
 import pytest

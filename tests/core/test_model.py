@@ -1,4 +1,6 @@
-"""The model of SPEC §2: shape, names, parameter count, untrained loss, RoPE/RMSNorm layout
+"""The model (docs/reference.md, "Model shape").
+
+Shape, names, parameter count, untrained loss, RoPE/RMSNorm layout
 (checked against Hugging Face Llama), KV-cache decoding, sampling, document masking, save/load."""
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""SFT (SPEC §3): label masks on a 2-user/2-assistant dialog, greedy packing, document masking
+"""SFT (docs/reference.md, "Chat format").
+
+Label masks on a 2-user/2-assistant dialog, greedy packing, document masking
 (packed loss == token-weighted loss of the examples alone) and the run_sft stage."""
 from __future__ import annotations
 

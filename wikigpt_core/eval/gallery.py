@@ -1,4 +1,5 @@
-"""The fixed 20-prompt gallery of SPEC §4 (wikigpt_core/resources/gallery_prompts.json)."""
+"""The fixed 20-prompt gallery (wikigpt_core/resources/gallery_prompts.json; docs/reference.md,
+"Evaluation")."""
 from __future__ import annotations
 
 import json

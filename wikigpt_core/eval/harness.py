@@ -1,4 +1,4 @@
-"""The judge-free harness of SPEC §4 over held-out closed-QA replies.
+"""The judge-free harness (docs/reference.md, "Evaluation") over held-out closed-QA replies.
 
 Per reply: exact_match (normalized: lowercase, no articles, no punctuation, single spaces),
 contains_answer (normalized gold inside the normalized reply), stopped (the model emitted
@@ -7,18 +7,11 @@ contains_answer (normalized gold inside the normalized reply), stopped (the mode
 """
 from __future__ import annotations
 
-import re
-import string
 from dataclasses import dataclass
 
+from wikigpt_core.llm.text import distinct3, normalize_answer  # noqa: F401  (part of this API)
+
 METRICS = ("exact_match", "contains_answer", "stopped", "length_ok", "distinct3")
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans({c: " " for c in string.punctuation + "“”‘’–—"})
-
-
-def normalize_answer(text: str) -> str:
-    text = text.lower().translate(_PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def exact_match(reply: str, gold: str) -> float:
@@ -33,12 +26,6 @@ def contains_answer(reply: str, gold: str) -> float:
 
 def length_ok(reply: str, gold: str) -> float:
     return float(len(reply.split()) <= 3 * max(1, len(gold.split())))
-
-
-def distinct3(text: str) -> float:
-    ws = text.lower().split()
-    grams = [tuple(ws[i:i + 3]) for i in range(len(ws) - 2)]
-    return len(set(grams)) / len(grams) if grams else 1.0
 
 
 @dataclass

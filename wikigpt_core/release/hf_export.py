@@ -105,7 +105,8 @@ def hf_to_core(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.
 
 
 def llama_config(cfg: GPTConfig, *, bos_id: int, eos_id: int, pad_id: int) -> dict[str, Any]:
-    """The `config.json` of SPEC §2's Llama mapping, loadable by stock transformers."""
+    """The `config.json` of the Llama mapping (docs/reference.md, "Model shape"), loadable by
+    stock transformers."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",

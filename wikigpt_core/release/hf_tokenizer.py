@@ -38,7 +38,8 @@ def tokenizer_config(tok: WikiTokenizer, model_max_length: int) -> dict[str, Any
 
 
 def generation_config(tok: WikiTokenizer) -> dict[str, Any]:
-    """Serving defaults (docs/reference.md, "Serving"): sample at temperature 0.7, top-p 0.9; stop on <|end|>."""
+    """Serving defaults (docs/reference.md, "Serving"): sample at temperature 0.7, top-p 0.9;
+    stop on <|end|>."""
     return {
         "eos_token_id": tok.end_id,
         "pad_token_id": tok.doc_id,

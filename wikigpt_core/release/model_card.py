@@ -1,4 +1,5 @@
-"""The release's README.md (model card, SPEC §5) and gallery.md, filled from lineage.
+"""The release's README.md (model card; docs/reference.md, "Release layout") and gallery.md,
+filled from lineage.
 
 `lineage` maps each upstream asset name to {"stats": {...}, "content_hash": str}. Every number
 in the card comes from there or from the eval report; a figure the upstream did not record is
@@ -130,7 +131,8 @@ def _dpo_text(lineage: dict[str, dict]) -> str:
 def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, lineage: dict[str, dict],
                       report: dict[str, Any], datasets: list[str], sft_data_url: str = "",
                       preference_data_url: str = "", hub_id: str = "") -> str:
-    """README.md for the Hub repo: front matter plus the SPEC §5 sections."""
+    """README.md for the Hub repo: front matter plus the sections listed in docs/reference.md
+    ("Release layout")."""
     L = lineage
     # the language cleaning filtered the corpus for (recorded in its stats; older runs: English)
     language = stat(L, "cleaned_articles", "language") or "en"

@@ -1,4 +1,5 @@
-"""Request bodies. `/chat` follows docs/reference.md, "Serving" (a violation is a 422 naming the field). The
+"""Request bodies. `/chat` follows docs/reference.md ("Serving"; a violation is a 422 naming
+the field). The
 OpenAI-compatible bodies accept exactly what this server implements: any other field (tools,
 response_format, penalties other than 0, ...) is refused with a 400 that names it, so no
 client setting is ever silently ignored."""
