@@ -1,41 +1,110 @@
-"""Serving decode speed on CPU for the 124m shape (random weights), measured in one run:
+"""Serving decode speed on CPU for the 124m shape (random weights), all measured in one run.
 
-- core GPT with its KV cache vs full recompute (use_cache=False), at 128 / 512 / 1,000 tokens
-  of context: decode tokens/s, time to first token, and the ratio (goal: >= 5x at 512);
-- stretch: stock transformers `LlamaForCausalLM` with its own KV cache on the same weights
-  (converted by the release key map), at the same contexts (goal: core >= HF at 512).
+1. Continuous batching: aggregate tokens/s of the serving decoder (`BatchDecoder`) with 1, 4
+   and 8 concurrent streams, each request generating the same fixed budget of tokens (never
+   stopping early), and the 8-stream / 1-stream ratio (goal: >= 4x).
+2. KV cache vs full recompute, and core vs stock transformers `LlamaForCausalLM` with its own
+   KV cache (same weights, converted by the release key map), at 128 / 512 / 1,000 tokens of
+   context. Every side is timed the same way: the same prompt, the same number of new tokens,
+   greedy, one timestamp per token, and the best of the same number of repeats (lowest time to
+   first token, highest decode tokens/s after the first token).
 
-    python benchmarks/serve_decode.py [--contexts 128,512,1000] [--new-tokens 24]
-                                      [--recompute-tokens 4] [--repeats 2] [--threads N] [--no-hf]
+    python benchmarks/serve_decode.py [--streams 1,4,8] [--budget 64] [--prompt 16] [--contexts 128,512,1000]
+                                      [--new-tokens 8] [--repeats 2] [--threads N] [--no-hf]
+                                      [--json PATH]
 
-Best-of-repeats is reported for the KV-cache and HF runs (a single run for the slow full
-recompute, which can only make the cache's ratio look smaller than it is).
+Writes the figures and the machine (CPU model, cores, torch threads, load) as JSON to --json
+(default benchmarks/results/serve_decode.json) beside the printed tables.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from wikigpt_core.model import GPT, GPTConfig
-from wikigpt_core.release.hf_export import core_to_hf
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.report import machine_info, machine_line, write_json  # noqa: E402
+from wikigpt_core.generation import BatchDecoder, SamplingParams, Sequence  # noqa: E402
+from wikigpt_core.model import GPT, GPTConfig  # noqa: E402
+from wikigpt_core.release.hf_export import core_to_hf  # noqa: E402
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "serve_decode.json"
+NO_STOP = frozenset()  # random weights: every request runs its whole budget
 
 
-def time_stream(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache: bool) -> tuple[float, float]:
-    """(time to first token in s, decode tokens/s after the first token)."""
+def random_prompt(length: int, vocab: int, seed: int) -> list[int]:
+    return torch.randint(4, vocab, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+# -- 1. continuous batching ------------------------------------------------------------------
+
+def batched_tok_s(model: GPT, streams: int, budget: int, prompt_len: int) -> float:
+    """Aggregate generated tokens/s for `streams` requests decoded together, prefill included
+    (each request is admitted, prefilled and decoded to its budget, as the server does)."""
+    dec = BatchDecoder(model, max_batch=streams, stop_ids=NO_STOP)
+    seqs = [Sequence(random_prompt(prompt_len, model.config.vocab_size, k), SamplingParams(budget, 0.0, 1.0))
+            for k in range(streams)]
     t0 = time.perf_counter()
-    t_first = None
-    n = 0
-    for _ in model.generate_stream(prompt, new_tokens, temperature=0.0, use_cache=use_cache):
-        n += 1
-        if t_first is None:
-            t_first = time.perf_counter()
-    t_end = time.perf_counter()
-    assert n == new_tokens and t_first is not None
-    return t_first - t0, (n - 1) / (t_end - t_first)
+    dec.run(seqs)
+    seconds = time.perf_counter() - t0
+    assert all(len(s.tokens) == budget for s in seqs)
+    return streams * budget / seconds
+
+
+# -- 2. one stream at a context: three decoders, one timing ---------------------------------
+
+def core_kv(model: GPT, prompt: list[int], n: int) -> list[float]:
+    """The serving decoder (ragged KV cache), one sequence; a timestamp per generated token."""
+    dec = BatchDecoder(model, max_batch=1, stop_ids=NO_STOP)
+    seq = dec.add(Sequence(prompt, SamplingParams(n, 0.0, 1.0)))
+    stamps = []
+    while dec.busy:
+        dec.step()
+        stamps.append(time.perf_counter())
+    assert len(seq.tokens) == n == len(stamps)
+    return stamps
+
+
+@torch.no_grad()
+def core_recompute(model: GPT, prompt: list[int], n: int) -> list[float]:
+    """No cache: every token is a full forward over the whole context so far."""
+    seq = torch.tensor([prompt])
+    stamps = []
+    for _ in range(n):
+        logits, _ = model(seq)
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        stamps.append(time.perf_counter())
+    return stamps
+
+
+@torch.no_grad()
+def hf_kv(hf, prompt: list[int], n: int) -> list[float]:
+    """transformers LlamaForCausalLM with its own DynamicCache: prefill, then one token a step."""
+    out = hf(torch.tensor([prompt]), use_cache=True)
+    stamps = [time.perf_counter()]
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    past = out.past_key_values
+    for _ in range(n - 1):
+        out = hf(nxt, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        stamps.append(time.perf_counter())
+    return stamps
+
+
+def timed(fn, *args, n: int, repeats: int) -> dict[str, float]:
+    """Best of `repeats`: lowest time to first token, highest decode tokens/s after it."""
+    ttft, tps = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        stamps = fn(*args, n)
+        ttft.append(stamps[0] - t0)
+        tps.append((n - 1) / (stamps[-1] - stamps[0]))
+    return {"ttft_s": round(min(ttft), 4), "decode_tok_s": round(max(tps), 2)}
 
 
 def hf_model(core: GPT):
@@ -54,109 +123,93 @@ def hf_model(core: GPT):
     return model.eval()
 
 
-@torch.no_grad()
-def time_hf(model, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """HF generate with its KV cache, greedy, never stopping early."""
-    kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0, use_cache=True)
-    attn = torch.ones_like(prompt)
-    t0 = time.perf_counter()
-    model.generate(prompt, attention_mask=attn, max_new_tokens=1, min_new_tokens=1, **kw)
-    ttft = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = model.generate(prompt, attention_mask=attn, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
-    total = time.perf_counter() - t0
-    assert out.shape[1] == prompt.shape[1] + new_tokens
-    return ttft, (new_tokens - 1) / max(total - ttft, 1e-9)
-
-
-@torch.no_grad()
-def step_latency(core: GPT, hf, prompt: torch.Tensor, steps: int = 10) -> tuple[float, float]:
-    """Median ms of one cached decode step at this context, core and HF interleaved step by
-    step (the least noise-sensitive comparison on a shared machine)."""
-    import statistics
-
-    ctx = prompt.shape[1]
-    cache = core.new_cache(1)
-    core(prompt, cache=cache)
-    pkv = hf(prompt, use_cache=True).past_key_values
-    tok = torch.tensor([[5]])
-    tc, th = [], []
-    for _ in range(steps):
-        cache.pos = ctx  # rewind: every step sees exactly `ctx` cached positions
-        t = time.perf_counter()
-        core(tok, cache=cache)
-        tc.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        hf(tok, past_key_values=pkv, use_cache=True)
-        th.append(time.perf_counter() - t)
-        pkv.crop(-1)
-    return statistics.median(tc) * 1e3, statistics.median(th) * 1e3
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", default="1,4,8", help="concurrent streams to measure")
+    ap.add_argument("--budget", type=int, default=64, help="tokens each batched request generates")
+    ap.add_argument("--prompt", type=int, default=16, help="prompt tokens of each batched request")
     ap.add_argument("--contexts", default="128,512,1000")
-    ap.add_argument("--new-tokens", type=int, default=24, help="tokens per KV-cache / HF run")
-    ap.add_argument("--recompute-tokens", type=int, default=4, help="tokens per full-recompute run")
-    ap.add_argument("--repeats", type=int, default=2, help="KV-cache and HF runs per context (best kept)")
+    ap.add_argument("--new-tokens", type=int, default=8, help="tokens per run, every side alike")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per measurement (best kept), every side alike")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = GPTConfig()  # the 124m shape of SPEC §2
+    cfg = GPTConfig()  # the 124m shape
     model = GPT(cfg).eval()
     hf = None if args.no_hf else hf_model(model)
     contexts = [int(c) for c in args.contexts.split(",")]
+    streams = [int(s) for s in args.streams.split(",")]
     assert max(contexts) + args.new_tokens <= cfg.block_size, "context + new tokens must fit the block"
-    print(f"124m shape, {model.num_params():,} params, fp32, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}, torch {torch.__version__}")
-    warm = torch.randint(0, cfg.vocab_size, (1, 32))
-    time_stream(model, warm, 4, True)  # warm-up: allocator, kernels
-    if hf is not None:
-        time_hf(hf, warm, 4)
-    rows = []
+    machine = machine_info()
+    print(f"124m shape, {model.num_params():,} params, fp32, random weights")
+    print(machine_line(machine), flush=True)
+    batched_tok_s(model, 2, 4, 16)  # warm-up: allocator, kernels
+
+    batching = []
+    for n in streams:
+        best = max(batched_tok_s(model, n, args.budget, args.prompt) for _ in range(args.repeats))
+        batching.append({"streams": n, "aggregate_tok_s": round(best, 2)})
+        print(f"  {n} streams: {best:.1f} tok/s", flush=True)
+    base = next((b["aggregate_tok_s"] for b in batching if b["streams"] == 1), None)
+    for b in batching:
+        b["vs_1_stream"] = round(b["aggregate_tok_s"] / base, 2) if base else None
+
+    contexts_out = []
     for ctx in contexts:
-        prompt = torch.randint(4, cfg.vocab_size, (1, ctx), generator=torch.Generator().manual_seed(ctx))
-        # Core and HF runs alternate and each keeps its best repeat, so load from other
-        # processes on a shared machine hits both sides alike.
-        core_runs, hf_runs = [], []
+        prompt = random_prompt(ctx, cfg.vocab_size, ctx)
+        row = {"context": ctx, "kv": None, "recompute": None, "hf_kv": None}
+        # The sides alternate repeat by repeat, so load from other processes hits all alike.
+        sides = {"kv": (core_kv, model), "recompute": (core_recompute, model)}
+        if hf is not None:
+            sides["hf_kv"] = (hf_kv, hf)
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
         for _ in range(args.repeats):
-            core_runs.append(time_stream(model, prompt, args.new_tokens, use_cache=True))
-            if hf is not None:
-                hf_runs.append(time_hf(hf, prompt, args.new_tokens))
-        ttft_c, tps_c = min(r[0] for r in core_runs), max(r[1] for r in core_runs)
-        ttft_r, tps_r = time_stream(model, prompt, args.recompute_tokens, use_cache=False)
-        row = {"context": ctx, "kv_tok_s": round(tps_c, 2), "recompute_tok_s": round(tps_r, 2),
-               "kv_vs_recompute": round(tps_c / tps_r, 2), "ttft_s": round(ttft_c, 3),
-               "recompute_ttft_s": round(ttft_r, 3)}
+            for name, (fn, m) in sides.items():
+                runs[name].append(timed(fn, m, prompt, n=args.new_tokens, repeats=1))
+        for name, rs in runs.items():
+            row[name] = {"ttft_s": min(r["ttft_s"] for r in rs),
+                         "decode_tok_s": max(r["decode_tok_s"] for r in rs)}
+        row["kv_vs_recompute"] = round(row["kv"]["decode_tok_s"] / row["recompute"]["decode_tok_s"], 2)
         if hf is not None:
-            ttft_h, tps_h = min(r[0] for r in hf_runs), max(r[1] for r in hf_runs)
-            ms_c, ms_h = step_latency(model, hf, prompt)
-            row |= {"hf_kv_tok_s": round(tps_h, 2), "hf_ttft_s": round(ttft_h, 3),
-                    "core_vs_hf": round(tps_c / tps_h, 2), "core_step_ms": round(ms_c, 1),
-                    "hf_step_ms": round(ms_h, 1)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    print()
-    header = ["context", "kv tok/s", "recompute tok/s", "ratio", "TTFT s"] + \
-             (["HF kv tok/s", "HF TTFT s", "core/HF", "step ms core", "step ms HF"] if hf is not None else [])
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        cells = [r["context"], r["kv_tok_s"], r["recompute_tok_s"], f"{r['kv_vs_recompute']}x", r["ttft_s"]]
+            row["core_vs_hf"] = round(row["kv"]["decode_tok_s"] / row["hf_kv"]["decode_tok_s"], 2)
+        contexts_out.append(row)
+        print(f"  context {ctx}: {row}", flush=True)
+
+    print(f"\nContinuous batching: {args.budget} tokens per request, {args.prompt}-token prompts, "
+          f"best of {args.repeats}")
+    print(table(["streams", "aggregate tok/s", "vs 1 stream"],
+                [[b["streams"], b["aggregate_tok_s"], f"{b['vs_1_stream']}x"] for b in batching]))
+    print(f"\nOne stream: {args.new_tokens} new tokens per run, best of {args.repeats}, every side alike")
+    header = ["context", "KV tok/s", "recompute tok/s", "KV/recompute", "KV TTFT s", "recompute TTFT s"]
+    if hf is not None:
+        header += ["HF KV tok/s", "HF TTFT s", "core/HF"]
+    rows = []
+    for r in contexts_out:
+        cells = [r["context"], r["kv"]["decode_tok_s"], r["recompute"]["decode_tok_s"],
+                 f"{r['kv_vs_recompute']}x", r["kv"]["ttft_s"], r["recompute"]["ttft_s"]]
         if hf is not None:
-            cells += [r["hf_kv_tok_s"], r["hf_ttft_s"], f"{r['core_vs_hf']}x", r["core_step_ms"], r["hf_step_ms"]]
-        print("| " + " | ".join(str(c) for c in cells) + " |")
-    at512 = next((r for r in rows if r["context"] == 512), None)
-    if at512:
-        print(f"\ngoal  KV cache >= 5x full recompute at 512: {at512['kv_vs_recompute']}x -> "
-              f"{'MET' if at512['kv_vs_recompute'] >= 5 else 'NOT MET'}")
-        if hf is not None:
-            print(f"stretch  core >= transformers LlamaForCausalLM at 512: {at512['core_vs_hf']}x -> "
-                  f"{'MET' if at512['core_vs_hf'] >= 1 else 'NOT MET'} (median cached step: core "
-                  f"{at512['core_step_ms']} ms vs HF {at512['hf_step_ms']} ms)")
+            cells += [r["hf_kv"]["decode_tok_s"], r["hf_kv"]["ttft_s"], f"{r['core_vs_hf']}x"]
+        rows.append(cells)
+    print(table(header, rows))
+    at8 = next((b for b in batching if b["streams"] == 8), None)
+    if at8 and base:
+        print(f"\ngoal  8 streams >= 4x one stream: {at8['vs_1_stream']}x -> "
+              f"{'MET' if at8['vs_1_stream'] >= 4 else 'NOT MET'}")
+    settings = {k: getattr(args, k) for k in ("streams", "budget", "prompt", "contexts", "new_tokens",
+                                              "repeats", "threads")}
+    path = write_json(args.json, "benchmarks/serve_decode.py", machine,
+                      {"settings": settings, "batching": batching, "contexts": contexts_out})
+    print(f"figures: {path}")
 
 
 if __name__ == "__main__":

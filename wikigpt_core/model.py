@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wikigpt_core.model_config import GPTConfig
 from wikigpt_core.generation.sampling import sample_next  # the one sampling rule (re-exported)
+from wikigpt_core.model_config import GPTConfig
 
 IGNORE_INDEX = -100
 

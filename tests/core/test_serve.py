@@ -387,8 +387,7 @@ def test_n_choices(random_server):
     again = client.chat.completions.create(model="x", messages=USER, temperature=1.0, top_p=1.0,
                                            n=4, seed=7, max_tokens=24)
     assert [c.message.content for c in again.choices] == texts  # seeded: reproducible
-    assert sampled.usage.completion_tokens == sum(
-        len(c.logprobs.content) if c.logprobs else 0 for c in sampled.choices) or sampled.usage.completion_tokens >= 4
+    assert sampled.usage.completion_tokens >= 4  # summed over the four choices
     stream = client.chat.completions.create(model="x", messages=USER, temperature=1.0, top_p=1.0,
                                             n=4, seed=7, max_tokens=24, stream=True)
     streamed = ["", "", "", ""]
@@ -448,8 +447,7 @@ def test_text_completions_echo_logprobs_score_the_prompt(random_server, releases
     both = client.completions.create(model="x", prompt=[ids, ids[:4]], echo=True, logprobs=1,
                                      max_tokens=1, temperature=0)
     assert [len(c.logprobs.token_logprobs) for c in both.choices] == [len(ids) + 1, 5]
-    assert both.choices[0].logprobs.token_logprobs[:len(ids)] == pytest.approx(lp.token_logprobs[:1] + lp.token_logprobs[1:], abs=1e-4) \
-        if False else both.choices[0].logprobs.token_logprobs[1:len(ids)] == pytest.approx(lp.token_logprobs[1:], abs=1e-4)
+    assert both.choices[0].logprobs.token_logprobs[1:len(ids)] == pytest.approx(lp.token_logprobs[1:], abs=1e-4)
     top = both.choices[0].logprobs.top_logprobs[-1]
     assert both.choices[0].logprobs.token_logprobs[-1] == pytest.approx(max(top.values()))  # greedy
 
