@@ -6,8 +6,10 @@ for `enwiki/latest`, the newest dump whose multistream files the dump site repor
 `<wiki>/<date>:<sha1 of the file>:<sha1 of the index>`; for a fixed date, that dump's published
 SHA-1s; for `sample` or a local file, its checksum or size and mtime. The identity is the
 observation's DataVersion; `wiki_dump` depends on the source, so a new identity marks it stale.
-Nothing is fetched when the definitions load: only an observation (the sensor, or "Observe
-sources" in the UI) talks to the dump site.
+Nothing is fetched when the definitions load: only an observation (the sensor, "Observe
+sources" in the UI, or a `wiki_dump` run with no observation of its dump name yet) talks to
+the dump site. A `wiki_dump` run fetches the dump of the last observation
+(`identity_for_run`), and that identity names its version directory.
 
 `build_dump_sensor(settings)`: off by default (turn it on under Automation in the UI). Every
 `minimum_interval_seconds` it observes the source. When the identity is new (a dump finished),
@@ -37,6 +39,8 @@ from dagster._time import get_current_datetime
 
 from wikigpt_core.config import DumpConfig, Settings
 from wikigpt_core.data.dump import observe_dump
+from wikigpt_core.data.dumpsite import LATEST
+from wikigpt_core.data.sources import parse_dump_name
 from wikigpt_core.data.errors import DumpError
 from wikigpt_pipeline.jobs import PIPELINE_JOB
 
@@ -106,6 +110,27 @@ def last_observed(instance: dg.DagsterInstance) -> str | None:
     record = instance.get_latest_data_version_record(dg.AssetKey(DUMP_SOURCE), is_source=True)
     event = record.asset_observation if record else None
     return event.tags.get(DATA_VERSION_TAG) if event is not None and event.tags else None
+
+
+def identity_for_run(context: dg.AssetExecutionContext, cfg: DumpConfig) -> str:
+    """The dump identity a `wiki_dump` run materializes: the source's last observation when it
+    is of the configured dump name (so the run fetches exactly what was observed), else a fresh
+    observation (network for a dump name, a stat for a local file), recorded so the source's
+    DataVersion and the materialization's provenance agree."""
+    instance = context.instance
+    last = last_observed(instance)
+    name = parse_dump_name(cfg.source.strip())
+    if name is not None and last:
+        wiki, date = name
+        if last.startswith(f"{wiki}/" if date == LATEST else f"{wiki}/{date}:"):
+            return last
+    identity = observe_dump(cfg)
+    if identity != last:
+        record_observation(instance, identity, cfg.source)
+        # Dagster read the inputs' versions when the step started; let it read this one again,
+        # or the materialization's provenance would name the previous observation.
+        context.get_step_execution_context().wipe_input_asset_version_info(dg.AssetKey(DUMP_SOURCE))
+    return identity
 
 
 def not_fresh(instance: dg.DagsterInstance, asset_graph) -> list[dg.AssetKey]:

@@ -32,7 +32,9 @@ from wikigpt_core.spec import StageSpec
 from wikigpt_core.stages import Stage, fingerprint, resolve_spec, stage_code_version
 from wikigpt_pipeline import previews
 from wikigpt_pipeline.automation import data_eager
+from wikigpt_pipeline.dump_source import DUMP_SOURCE, identity_for_run
 from wikigpt_pipeline.metadata import materialize_result, to_metadata
+from wikigpt_pipeline.retries import retry_transient_only
 
 GPU_POOL = "gpu"  # one GPU stage at a time; see dagster.yaml
 RECOMPUTE_TAG = "wikigpt/recompute"
@@ -101,12 +103,13 @@ def services(context: dg.AssetExecutionContext, stage: Stage, settings: Settings
 
 
 def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
-    fp = fingerprint(stage, settings)  # cheap, local: the dump source's identity
+    fp = fingerprint(stage, settings)  # local, no network: the dump name or a local file's stat
+    reads_dump = stage.name == "wiki_dump"  # the one stage fed by the observable dump source
     needs_launcher = stage.launched or stage.teacher
 
     @dg.asset(
         name=stage.name,
-        deps=list(stage.inputs),
+        deps=list(stage.inputs) + ([DUMP_SOURCE] if reads_dump else []),
         code_version=stage_code_version(stage, settings, fp),
         group_name=stage.group,
         description=stage.description,
@@ -117,7 +120,9 @@ def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
         required_resource_keys={"launcher"} if needs_launcher else None,
     )
     def _asset(context) -> dg.MaterializeResult:  # context: AssetExecutionContext
-        spec = resolve_spec(settings, stage.name, fingerprint_=fp)
+        # wiki_dump: the observed dump's identity (date + SHA-1s) names its version
+        run_fp = identity_for_run(context, settings.dump) if reads_dump else fp
+        spec = resolve_spec(settings, stage.name, fingerprint_=run_fp)
         hit = is_complete(spec.out) and context.run.tags.get(RECOMPUTE_TAG) != "true"
         try:
             if hit:
@@ -125,7 +130,8 @@ def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
                                  "recording it without running the stage")
                 result = cache_hit(spec)
             else:
-                with services(context, stage, settings) as endpoints:
+                with services(context, stage, settings) as endpoints, \
+                        retry_transient_only(stage.name):  # bad input: fail now, no retries
                     spec = dataclasses.replace(spec, services=endpoints)
                     result = run_stage(context, stage, spec)
         except Exception:

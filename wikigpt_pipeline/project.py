@@ -8,6 +8,7 @@ import dagster as dg
 from wikigpt_core.config import Settings
 from wikigpt_pipeline.assets import build_assets
 from wikigpt_pipeline.checks import build_checks
+from wikigpt_pipeline.dump_source import build_dump_sensor, build_dump_source
 from wikigpt_pipeline.launchers import ComputeLauncher
 from wikigpt_pipeline.jobs import eval_refresh_job, eval_refresh_schedule, pipeline_job
 from wikigpt_pipeline.sensors import report_run_failure
@@ -15,11 +16,11 @@ from wikigpt_pipeline.sensors import report_run_failure
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
-        assets=build_assets(settings),
+        assets=[build_dump_source(settings), *build_assets(settings)],
         asset_checks=build_checks(settings),
         jobs=[pipeline_job, eval_refresh_job],
         schedules=[eval_refresh_schedule()],
-        sensors=[report_run_failure],
+        sensors=[report_run_failure, build_dump_sensor(settings)],
         # GPU stages run where the launcher says: `local` (default) or `skypilot`
         # (WIKIGPT_LAUNCHER=skypilot, or the resource config in the UI launchpad).
         resources={"launcher": ComputeLauncher(backend=os.environ.get("WIKIGPT_LAUNCHER", "local"))},

@@ -10,7 +10,7 @@ with the Postgres-backed test."""
 from __future__ import annotations
 
 import dataclasses
-import os
+import json
 import re
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from wikigpt_core.data.builddump import split_dump, write_multistream
 from wikigpt_core.data.clean import run_clean
 from wikigpt_core.data.dedup import run_dedup
 from wikigpt_core.data.dump import run_dump
-from wikigpt_pipeline.dump_source import DUMP_SOURCE, build_dump_sensor, build_dump_source
+from wikigpt_pipeline.dump_source import DUMP_SOURCE, build_dump_sensor, build_dump_source, not_fresh
 from wikigpt_pipeline.retries import NETWORK_RETRY, retry_transient_only
 
 A, B = "20990101", "20990120"
@@ -199,3 +199,70 @@ def test_transient_dump_site_error_is_retried(tmp_path):
         site.close()
     assert result.success
     assert _attempts(result, "wiki_dump") == 2
+
+
+# --- the project's own definitions -------------------------------------------------------------
+
+def _project(monkeypatch, tmp_path, source: str, base_url: str = "https://dumps.wikimedia.org"):
+    from wikigpt_pipeline.project import build_definitions
+
+    monkeypatch.setenv("WIKIGPT_HOME", str(tmp_path / "home"))
+    settings = load_settings("tiny")
+    settings.dump = dataclasses.replace(settings.dump, source=source, base_url=base_url)
+    return settings, build_definitions(settings)
+
+
+def _run(defs, instance, keys: list[str]) -> dg.ExecuteInProcessResult:
+    from wikigpt_pipeline.jobs import PIPELINE_JOB
+
+    return defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+        instance=instance, asset_selection=[dg.AssetKey(k) for k in keys], raise_on_error=False)
+
+
+def test_project_wiki_dump_reads_the_observed_dump(monkeypatch, tmp_path):
+    site = DumpSite()
+    try:
+        site.publish("enwiki", A, *_dump_bytes(tmp_path, A, edit_redirect=False))
+        settings, defs = _project(monkeypatch, tmp_path, "enwiki/latest", site.url)
+        graph = defs.resolve_asset_graph()
+        assert graph.get(dg.AssetKey("wiki_dump")).parent_keys == {dg.AssetKey(DUMP_SOURCE)}
+        assert site.requests == [], "loading the definitions must not touch the dump site"
+        with dg.instance_for_test() as instance:
+            assert _run(defs, instance, ["wiki_dump"]).success
+            manifest = lambda: json.loads((tmp_path / "home" / "tiny" / "wiki_dump" / "current" / "manifest.json").read_text())  # noqa: E731
+            first = manifest()
+            assert first["stats"]["dump_date"] == A
+            current = tmp_path / "home" / "tiny" / "wiki_dump" / "current"
+            first_version = current.resolve().name
+            assert dg.AssetKey("wiki_dump") not in not_fresh(instance, graph)
+
+            # B finishes: the sensor's observation makes wiki_dump stale; its run fetches B
+            # into a new version directory.
+            site.publish("enwiki", B, *_dump_bytes(tmp_path, B, edit_redirect=True))
+            data = defs.resolve_sensor_def("new_dump_sensor").evaluate_tick(
+                dg.build_sensor_context(instance=instance, definitions=defs))
+            requested = {k.to_user_string() for r in data.run_requests for k in r.asset_selection}
+            assert "wiki_dump" in requested
+            assert _run(defs, instance, ["wiki_dump"]).success
+            second = manifest()
+            assert second["stats"]["dump_date"] == B
+            assert current.resolve().name != first_version  # a new dump, a new version
+            assert dg.AssetKey("wiki_dump") not in not_fresh(instance, graph)
+    finally:
+        site.close()
+
+
+def test_project_truncated_dump_fails_in_one_attempt(monkeypatch, tmp_path):
+    """The project's wiki_dump has a retry policy for the network; a truncated local dump
+    still fails in one attempt."""
+    from wikigpt_core.data.sources import sample_path
+
+    data = sample_path().read_bytes()
+    bad = tmp_path / "enwiki-truncated-pages-articles.xml.bz2"
+    bad.write_bytes(data[: len(data) * 6 // 10])
+    settings, defs = _project(monkeypatch, tmp_path, str(bad))
+    assert defs.resolve_assets_def("wiki_dump").op.retry_policy is not None
+    with dg.instance_for_test() as instance:
+        result = _run(defs, instance, ["wiki_dump"])
+    assert not result.success
+    assert _attempts(result, "wiki_dump") == 1

@@ -54,8 +54,11 @@ _TIMESTAMP = re.compile(rb"<timestamp>(\d{4}-\d\d-\d\d)T")
 _SCAN_CHUNK = 1 << 22
 
 
-def run_dump(cfg: DumpConfig, out: Path, work: Path) -> StageResult:
-    """Publish the configured dump (and its index, if multistream) at `out`."""
+def run_dump(cfg: DumpConfig, out: Path, work: Path, *, identity: str = "") -> StageResult:
+    """Publish the configured dump (and its index, if multistream) at `out`. For
+    `<wiki>/latest`, `identity` (an `observe_dump` result, e.g. the source's last observation)
+    pins the date to fetch, so the artifact is the dump that was observed; without it the
+    newest finished dump is resolved now."""
     source = cfg.source.strip()
     with ArtifactWriter(out, stage="dump", config=dataclasses.asdict(cfg)) as w:
         name = parse_dump_name(source)
@@ -64,8 +67,8 @@ def run_dump(cfg: DumpConfig, out: Path, work: Path) -> StageResult:
         elif name is not None:
             wiki, date = name
             extra = {}
-            if date == dumpsite.LATEST:  # the newest finished dump, as of now
-                date = dumpsite.resolve_latest(cfg.base_url, wiki).date
+            if date == dumpsite.LATEST:
+                date = identity_date(identity, wiki) or dumpsite.resolve_latest(cfg.base_url, wiki).date
                 extra = {"resolved_from": source}
             xml, index, date, fetched = _fetch_named(cfg.base_url, wiki, date, Path(work), w.dir)
             extra |= fetched
@@ -130,6 +133,22 @@ def observe_dump(cfg: DumpConfig, timeout: float = 30.0) -> str:
         return f"{source}:missing"
     st = path.stat()
     return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def identity_date(identity: str, wiki: str) -> str | None:
+    """The date in a `<wiki>/<date>:<sha1>:<sha1>` identity of that wiki, else None."""
+    m = re.match(rf"^{re.escape(wiki)}/(\d{{8}}):", identity or "")
+    return m.group(1) if m else None
+
+
+def static_fingerprint(cfg: DumpConfig) -> str:
+    """What can be said about the source without the network: the dump name as written
+    (`enwiki/latest`, `enwiki/20261101`), or a local file's path, size and mtime. For the code
+    version at load time; the published identity comes from observing the source."""
+    source = cfg.source.strip()
+    if parse_dump_name(source) is not None:
+        return source
+    return observe_dump(cfg)  # sample or a local file: a checksum or a stat, no network
 
 
 def _place_local(src: Path, dest_dir: Path) -> Path:
