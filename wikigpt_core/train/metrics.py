@@ -6,12 +6,16 @@ show identical numbers.
 
 W&B: offline by default, files under `<dir>/wandb`; set WANDB_MODE=online (and WANDB_API_KEY)
 to sync live, or WANDB_MODE=disabled to skip it. The key is read by wandb itself from the
-environment and never logged here.
+environment and never logged here. wandb is the optional `wandb` extra: without it, the default
+(offline) mode warns once and logs to the JSONL file and the callback only, while an explicit
+WANDB_MODE=online fails at once (live curves were asked for and cannot happen).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,7 +54,7 @@ class MetricLogger:
         """Where to find this run in W&B: its URL when online, its local offline-run dir
         otherwise (`wandb sync <dir>` uploads it later)."""
         mode = os.environ.get("WANDB_MODE", "offline")
-        if wandb_dir is not None and mode != "disabled":
+        if wandb_dir is not None and mode != "disabled" and _wandb_available(mode):
             self._wandb = _init_wandb(Path(wandb_dir), mode, wandb_project, run_name, run_id, config)
             self.wandb_run = getattr(self._wandb, "url", None) or str(Path(self._wandb.dir).parent)
 
@@ -84,6 +88,21 @@ class MetricLogger:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+WANDB_MISSING = ("wandb is not installed (it is the optional `wandb` extra: "
+                 "pip install -e \".[wandb]\"")
+
+
+def _wandb_available(mode: str) -> bool:
+    if importlib.util.find_spec("wandb") is not None:
+        return True
+    if mode == "online":
+        raise RuntimeError(f"WANDB_MODE=online but {WANDB_MISSING}); install it, or unset "
+                           "WANDB_MODE to train without W&B")
+    warnings.warn(f"{WANDB_MISSING}); metrics go to log.jsonl and Dagster only, no W&B run",
+                  RuntimeWarning, stacklevel=3)
+    return False
 
 
 def _init_wandb(directory: Path, mode: str, project: str, name: str | None, run_id: str | None,
