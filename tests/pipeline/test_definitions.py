@@ -7,7 +7,7 @@ from wikigpt_core.config import load_settings
 from wikigpt_pipeline.project import build_definitions
 
 EXPECTED_DEPS = {
-    "wiki_dump": set(),
+    "wiki_dump": {"wikipedia_dump"},  # the observable dump source (not materializable)
     "cleaned_articles": {"wiki_dump"},
     "deduped_corpus": {"cleaned_articles"},
     "tokenizer": {"deduped_corpus"},
