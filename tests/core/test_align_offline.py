@@ -1,13 +1,13 @@
 """The built-in offline teacher/judge, the request format and the reply parser."""
 from __future__ import annotations
 
-
 import pytest
 
-from wikigpt_core.align import offline, prompts
 from wikigpt_core.align.false_premise import TEMPLATES, make_false_premises
-from wikigpt_core.align.teacher import ExampleSpec, FalsePremiseSpec, Teacher, make_client
+from wikigpt_core.align.teacher import ExampleSpec, FalsePremiseSpec, Teacher
 from wikigpt_core.config import TeacherConfig
+from wikigpt_core.llm import offline, prompts
+from wikigpt_core.llm.client import make_client
 
 PASSAGE = ("The Danube is the second-longest river in Europe, after the Volga. The river was "
            "first mapped in detail in 1726 by Luigi Ferdinando Marsili. It flows about 2,850 "

@@ -1,12 +1,15 @@
 """The three stages end to end on real files: sft_dataset from a corpus cut from the enwiki
 sample shipped in the gensim wheel, preference_dataset and eval_report with small real GPT
-checkpoints and a real byte-level BPE tokenizer. Offline teacher/judge (no network)."""
+checkpoints and a real byte-level BPE tokenizer. Offline teacher/judge (no network); the same
+stages against a real LLM server are in test_align_llamacpp.py."""
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import importlib.util
 import json
 import math
+import random
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -25,8 +28,12 @@ from wikigpt_core.align.sft_data import run_sft_data
 from wikigpt_core.artifacts import read_manifest
 from wikigpt_core.config import EvalConfig, PreferenceConfig, SFTDataConfig, TeacherConfig
 from wikigpt_core.eval.gallery import load_gallery
+from wikigpt_core.eval.generation import generate_replies
 from wikigpt_core.eval.perplexity import ShardError
 from wikigpt_core.evaluate import run_eval
+from wikigpt_core.llm.budget import TeacherBudgetError
+from wikigpt_core.llm.offline import CUT_MARK, score_response
+from wikigpt_core.model_io import load_model
 from wikigpt_core.model import GPT, GPTConfig
 from wikigpt_core.model_io import save_model
 from wikigpt_core.tokenizer import SPECIAL_TOKENS, WikiTokenizer
@@ -35,8 +42,8 @@ N_ARTICLES = 12
 VOCAB = 512
 TEACHER = TeacherConfig(backend="offline", concurrency=2)
 SFT_CFG = SFTDataConfig(n_examples=48, heldout_fraction=0.25, passage_chars=300, max_passages_per_article=4)
-PREF_CFG = PreferenceConfig(n_prompts=6, samples_per_prompt=2, false_premise_fraction=0.5,
-                            max_new_tokens=8, min_margin=0.0)
+PREF_CFG = PreferenceConfig(n_prompts=6, samples_per_prompt=4, false_premise_fraction=0.5,
+                            max_new_tokens=8, min_margin=0.5)
 EVAL_CFG = EvalConfig(ppl_batches=2, ppl_batch_size=2, harness_n=4, pairwise_n=4, max_new_tokens=8)
 
 
@@ -97,18 +104,27 @@ def env(tmp_path_factory):
         model = GPT(cfg)
         if name == "dpo":
             _always_end(model, tok.end_id)
+        if name == "sft":
+            _sometimes_end(model, tok.end_id)
         save_model(model, root / name)
     return {"root": root, "rows": rows, "tok": tok}
 
 
-def _always_end(model: GPT, end_id: int) -> None:
+def _always_end(model: GPT, end_id: int, scale: float = 2.0) -> None:
     """Make a checkpoint that answers every prompt with <|end|> at once: every embedding
     shares one direction u and the (tied) <|end|> row is a large multiple of u."""
     with torch.no_grad():
         u = torch.ones(model.config.n_embd)
         emb = model.tok_emb.weight
         emb.mul_(0.01).add_(u)
-        emb[end_id] = 2 * u
+        emb[end_id] = scale * u
+
+
+def _sometimes_end(model: GPT, end_id: int) -> None:
+    """A checkpoint whose samples (temperature 0.8) sometimes stop after a few tokens and
+    sometimes run to the token limit, so the judge has better and worse samples to rank: the
+    <|end|> row only slightly longer than the others (greedy decoding stops at once)."""
+    _always_end(model, end_id, scale=1.1)
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +202,19 @@ def test_preferences(env, sft):
     assert all("false premise" in p["chosen"] and "false premise" not in p["rejected"] for p in fps)
     gallery = {g["prompt"] for g in load_gallery()}
     assert not gallery & {p["prompt"][0]["content"] for p in fps}
-    if s["pairs_sampled"]:
-        assert s["mean_judge_margin"] > 0
+    # The judge really ranked samples: at least one sampled pair, every kept one cleared the
+    # margin, and the rule judge (which scores each response alone) prefers chosen to rejected.
+    assert s["pairs_sampled"] >= 1
+    assert s["mean_judge_margin"] >= PREF_CFG.min_margin
+    rows = {r["messages"][0]["content"]: r for r in _jsonl(sft[0] / "train.jsonl")}
+    for p in (p for p in pairs if p["kind"] == "sampled"):
+        q = p["prompt"][0]["content"]
+        ref = rows[q]["answer"] or rows[q]["messages"][1]["content"]
+        # A reply cut off at the token limit is shown to the judge marked; try both readings.
+        best = max(score_response(q, p["chosen"] + m, ref) for m in ("", " " + CUT_MARK))
+        worst = min(score_response(q, p["rejected"] + m, ref) for m in ("", " " + CUT_MARK))
+        assert best > worst
+    assert s["teacher_replies_failed"] == 0 and s["teacher_requests_per_item"] == 1.0
     # Same inputs, same seeds: the rerun sends the judge and teacher nothing.
     again = run_preferences(PREF_CFG, TEACHER, root / "sft", sft[0], root / "tokenizer", root / "prefs2", root / "cache")
     assert again.stats["teacher_requests"] == 0 and again.content_hash == res.content_hash
@@ -205,10 +232,13 @@ def test_eval_report(env, sft):
     assert set(report["perplexity"]) == {"base", "sft", "dpo"}
     assert all(math.isfinite(v) and v > 1 for v in report["perplexity"].values())
     assert report["perplexity"]["dpo"] > report["perplexity"]["base"]  # the always-<|end|> model is worse
+    expected = _expected_pairwise(env, sft[0])
     for k in ("sft_vs_base", "dpo_vs_sft"):
         v = report["pairwise"][k]
         assert set(v) == {"win", "tie", "loss", "n"} and v["n"] == EVAL_CFG.pairwise_n
-        assert v["win"] + v["tie"] + v["loss"] == pytest.approx(1.0)
+        assert v == expected[k]
+    # The always-<|end|> checkpoint answers nothing, the lowest score: it never wins.
+    assert report["pairwise"]["dpo_vs_sft"]["win"] == 0.0
     metrics = {"exact_match", "contains_answer", "stopped", "length_ok", "distinct3"}
     assert set(report["harness"]) == {"base", "sft", "dpo"}
     assert all(set(h) == metrics for h in report["harness"].values())
@@ -231,13 +261,80 @@ def test_eval_report(env, sft):
     md = (root / "report" / "report.md").read_text()
     for heading in ("## Perplexity", "## Pairwise judge", "## Judge-free harness", "## Cost and time", "## Gallery"):
         assert heading in md
-    assert "Napoleon" in md and "base_checkpoint" in md
+    costs = root / "report" / "run" / "costs.md"  # the run record, when the writer keeps one
+    assert "Napoleon" in md and "base_checkpoint" in (costs.read_text() if costs.exists() else md)
+    assert "No model judged these pairs" in md and "not a language model" in md
     assert md.count("_(no <|end|>: cut off at the token limit)_") >= 20  # base replies; dpo stops at once
 
     # Same inputs, same seeds: identical bytes, so the same DataVersion; the judge is not asked again.
     again = run_eval(EVAL_CFG, TEACHER, ckpts, root / "shards", sft[0], root / "tokenizer", root / "report2",
                      upstream=upstream, cache_dir=root / "cache")
     assert again.content_hash == res.content_hash and again.stats["judge_requests"] == 0
+
+
+def _expected_pairwise(env, sft_dir: Path) -> dict[str, dict]:
+    """win/tie/loss recomputed here: the same greedy replies run_eval decodes, each scored alone
+    by the rule judge (whose score ignores position, so both orders agree iff the scores differ)."""
+    root, tok = env["root"], env["tok"]
+    heldout = _jsonl(sft_dir / "heldout.jsonl")
+    random.Random(EVAL_CFG.seed).shuffle(heldout)
+    harness_rows = [r for r in heldout if r.get("task") == "qa" and r.get("answer")][:EVAL_CFG.harness_n]
+    pair_rows = heldout[:EVAL_CFG.pairwise_n]
+    prompts = list(dict.fromkeys(r["messages"][0]["content"] for r in harness_rows + pair_rows))
+    views = {}
+    for c in ("base", "sft", "dpo"):
+        gen = generate_replies(load_model(root / c), tok, [[{"role": "user", "content": p}] for p in prompts],
+                               max_new_tokens=EVAL_CFG.max_new_tokens, temperature=EVAL_CFG.harness_temperature,
+                               top_p=EVAL_CFG.top_p, seed=EVAL_CFG.seed)
+        views[c] = {p: (r.text if r.stopped else f"{r.text} {CUT_MARK}".strip()) for p, (r,) in zip(prompts, gen)}
+    out = {}
+    for name, cand, base in (("sft_vs_base", "sft", "base"), ("dpo_vs_sft", "dpo", "sft")):
+        counts = {"win": 0, "tie": 0, "loss": 0}
+        for r in pair_rows:
+            q = r["messages"][0]["content"]
+            ref = (r.get("answer") if r.get("task") == "qa" else r["messages"][1]["content"]) or ""
+            d = score_response(q, views[cand][q], ref) - score_response(q, views[base][q], ref)
+            counts["win" if d > 0 else "loss" if d < 0 else "tie"] += 1
+        n = len(pair_rows)
+        out[name] = {k: round(v / n, 4) for k, v in counts.items()} | {"n": n}
+    return out
+
+
+def _no_artifact(out: Path) -> None:
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}.tmp-*"))
+
+
+def test_sft_dataset_whose_replies_are_all_rejected_trips_the_budget(env, tmp_path):
+    cfg = dataclasses.replace(SFT_CFG, min_grounding=1.01)  # no reply can pass
+    out = tmp_path / "sft"
+    with pytest.raises(TeacherBudgetError, match=r"sft_dataset: stopped by the teacher failure budget: "
+                       r"(\d+) of \1 teacher replies \(100%\).*ungrounded x\d+ \(e\.g\. '\{.*"
+                       r"for 48 examples asked for\. Nothing was published"):
+        run_sft_data(cfg, TEACHER, env["root"] / "corpus", out, tmp_path / "cache")
+    _no_artifact(out)
+
+
+def test_sft_dataset_request_cap_and_minimum(env, tmp_path):
+    out = tmp_path / "sft"
+    capped = dataclasses.replace(TEACHER, max_requests_per_item=0.5)  # 24 requests for 48 examples
+    with pytest.raises(TeacherBudgetError, match=r"request cap of 24 requests for 48 examples"):
+        run_sft_data(SFT_CFG, capped, env["root"] / "corpus", out, tmp_path / "cache")
+    _no_artifact(out)
+    too_many = dataclasses.replace(SFT_CFG, n_examples=400, min_examples=300)  # the passages run out first
+    with pytest.raises(TeacherBudgetError, match=r"only \d+ examples resulted, fewer than the minimum of 300 "
+                                                 r"\(sft_data\.min_examples\)"):
+        run_sft_data(too_many, TEACHER, env["root"] / "corpus", out, tmp_path / "cache")
+    _no_artifact(out)
+
+
+def test_preferences_below_the_minimum_publish_nothing(env, sft, tmp_path):
+    root = env["root"]
+    cfg = dataclasses.replace(PREF_CFG, min_pairs=PREF_CFG.n_prompts + 1)
+    out = tmp_path / "prefs"
+    with pytest.raises(TeacherBudgetError, match=r"preference_dataset: .*fewer than the minimum of 7 "
+                                                 r"\(preference\.min_pairs\)"):
+        run_preferences(cfg, TEACHER, root / "sft", sft[0], root / "tokenizer", out, root / "cache")
+    _no_artifact(out)
 
 
 def test_eval_errors_name_the_input(env, sft, tmp_path):

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from wikigpt_core.align import offline
-from wikigpt_core.align.prompts import judge_request
-from wikigpt_core.align.teacher import ExampleSpec, Judge, JudgeItem, Teacher, TeacherError, make_client
+from wikigpt_core.align.teacher import ExampleSpec, Teacher
+from wikigpt_core.llm import offline
+from wikigpt_core.llm.client import Failure, TeacherError, make_client
+from wikigpt_core.llm.judge import Judge, JudgeItem
+from wikigpt_core.llm.prompts import judge_request
 from wikigpt_core.config import TeacherConfig
 
 PASSAGE = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. "
@@ -126,7 +128,7 @@ def test_teacher_and_judge_over_http_retry_then_cache(server: ChatServer, tmp_pa
     verdicts = judge.compare(items)
 
     # Every request got through, one of them on its second attempt.
-    assert all(e is not None for e in examples)
+    assert not any(isinstance(e, Failure) for e in examples)
     assert examples[0]["answer"] and examples[0]["answer"].lower() in PASSAGE.lower()
     assert examples[4]["items"] == ["1889"]
     assert [v.winner for v in verdicts] == ["A", "B"]
@@ -160,7 +162,8 @@ def test_a_request_that_keeps_failing_is_dropped_and_the_batch_survives(server: 
     cfg.concurrency = 1
     client = make_client(cfg, tmp_path / "cache")
     out = Teacher(client).write_examples(_specs())
-    assert [o is None for o in out] == [False, False, True, False, False]
+    assert [isinstance(o, Failure) for o in out] == [False, False, True, False, False]
+    assert out[2].reason == "request_failed" and "HTTP 500" in out[2].detail
     assert len(server.requests) == 5 + 3 and client.usage.retries == 3 and client.usage.failures == 1
     assert len(list((tmp_path / "cache").rglob("*.json"))) == 4  # failures are never cached
 
@@ -197,7 +200,7 @@ def test_unreachable_endpoint_is_retried_then_reported(tmp_path: Path):
 def test_identical_requests_in_a_batch_are_sent_once(server: ChatServer, tmp_path: Path):
     client = make_client(_cfg(server.url), None)  # no cache: deduplication alone
     out = Teacher(client).write_examples(_specs()[:1] * 3)
-    assert out[0] == out[1] == out[2] and out[0] is not None
+    assert out[0] == out[1] == out[2] and not isinstance(out[0], Failure)
     assert len(server.requests) == 1
 
 

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from wikigpt_core.align.prompts import parse_request
-from wikigpt_core.align.teacher import ChatClient, Completion, Judge, OfflineBackend, TeacherError
 from wikigpt_core.eval.pairwise import PairCase, judge_debiased, win_tie_loss
+from wikigpt_core.llm.backends import OfflineBackend
+from wikigpt_core.llm.client import ChatClient, Completion, TeacherError
+from wikigpt_core.llm.judge import Judge
+from wikigpt_core.llm.prompts import parse_request
 
 
 class AlwaysFirstBackend:

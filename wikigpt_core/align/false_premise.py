@@ -6,13 +6,24 @@ walked on Mars; ...), so the refusal the teacher writes can state the reason wit
 """
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import dataclass
+from importlib import resources
 
-from wikigpt_core.align import text as T
+from wikigpt_core.llm import text as T
 
 _YEAR = re.compile(r"\b(1[0-8][0-9]{2})\b")
+
+
+def gallery_prompts() -> set[str]:
+    """The evaluation gallery's prompts (a package resource the eval reads too), which
+    preference data must never train on."""
+    raw = resources.files("wikigpt_core").joinpath("resources", "gallery_prompts.json").read_text("utf-8")
+    return {p["prompt"] for p in json.loads(raw)["prompts"]}
+
+
 WORLD_CUP_REASON = ("the first FIFA World Cup was held in 1930, and none was held in 1942 or 1946, "
                     "so there was no {year} World Cup")
 

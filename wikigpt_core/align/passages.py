@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from wikigpt_core.align import text as T
+from wikigpt_core.llm import text as T
 
 CORPUS_COLUMNS = ("id", "title", "url", "text")
 _MARKUP = re.compile(r"[|{}=<>\[\]]|\bpx\b|\bthumb\b")

@@ -18,14 +18,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from wikigpt_core.align.false_premise import make_false_premises
-from wikigpt_core.align.offline import CUT_MARK
-from wikigpt_core.align.teacher import FalsePremiseSpec, Judge, make_client, Teacher
+from wikigpt_core.align.false_premise import gallery_prompts, make_false_premises
+from wikigpt_core.align.teacher import FalsePremiseSpec, Teacher
 from wikigpt_core.artifacts import ArtifactWriter, StageResult
 from wikigpt_core.config import PreferenceConfig, TeacherConfig
-from wikigpt_core.eval.gallery import load_gallery
 from wikigpt_core.generation import Reply, generate_replies, pick_device
-from wikigpt_core.eval.pairwise import PairCase, PairOutcome, judge_debiased
+from wikigpt_core.llm.budget import FailureBudget, request_cap
+from wikigpt_core.llm.client import Failure, make_client
+from wikigpt_core.llm.judge import Judge, PairCase, PairOutcome, judge_debiased
+from wikigpt_core.llm.labels import is_rule_system, who
+from wikigpt_core.llm.offline import CUT_MARK
 
 
 class DatasetError(ValueError):
@@ -101,8 +103,16 @@ def _entities(sft_dataset_dir: Path, rows: list[dict[str, Any]]) -> dict[str, st
     return {k: v.strip() for k, v in ents.items()}
 
 
+def min_pairs(cfg: PreferenceConfig) -> int:
+    return cfg.n_prompts // 4 if cfg.min_pairs is None else cfg.min_pairs
+
+
 def run_preferences(cfg: PreferenceConfig, teacher_cfg: TeacherConfig, sft_checkpoint_dir: Path,
-                    sft_dataset_dir: Path, tokenizer_dir: Path, out: Path, cache_dir: Path) -> StageResult:
+                    sft_dataset_dir: Path, tokenizer_dir: Path, out: Path, cache_dir: Path, *,
+                    base_url: str | None = None) -> StageResult:
+    """Build the pairs; `base_url` overrides `teacher_cfg.base_url` (a launched endpoint).
+    Raises TeacherBudgetError, publishing nothing, when judge or teacher replies fail too
+    often, the request cap is spent, or fewer than the minimum pairs result."""
     from wikigpt_core.model_io import load_model
     from wikigpt_core.tokenizer import WikiTokenizer
 
@@ -113,8 +123,13 @@ def run_preferences(cfg: PreferenceConfig, teacher_cfg: TeacherConfig, sft_check
     rng = random.Random(cfg.seed)
     prompts_rows = rng.sample(rows, min(n_sampled, len(rows)))
 
-    client = make_client(teacher_cfg, cache_dir)
-    judge, teacher = Judge(client), Teacher(client)
+    # The plan: both orders of every pair of samples per prompt, one request per false premise.
+    n_samples = max(2, cfg.samples_per_prompt)
+    planned = len(prompts_rows) * n_samples * (n_samples - 1) + n_fp
+    client = make_client(teacher_cfg, cache_dir, base_url=base_url,
+                         max_requests=request_cap(teacher_cfg, planned))
+    budget = FailureBudget("preference_dataset", teacher_cfg, client, asked=cfg.n_prompts, unit="pairs")
+    judge, teacher = Judge(client, budget), Teacher(client)
     tok = WikiTokenizer.load(tokenizer_dir)
     model = load_model(sft_checkpoint_dir, device=pick_device())
 
@@ -144,16 +159,19 @@ def run_preferences(cfg: PreferenceConfig, teacher_cfg: TeacherConfig, sft_check
         pairs.append({"prompt": prompts_rows[k]["messages"][:1], "chosen": samples[k][best].text,
                       "rejected": samples[k][worst].text, "kind": "sampled"})
 
-    gallery_qs = {g["prompt"] for g in load_gallery()}
-    fps = make_false_premises(_entities(sft_dataset_dir, rows), n_fp, cfg.seed, exclude=gallery_qs)
+    fps = make_false_premises(_entities(sft_dataset_dir, rows), n_fp, cfg.seed, exclude=gallery_prompts())
     written = teacher.write_false_premise([FalsePremiseSpec(f.question, f.reason, f.context) for f in fps])
     for fp, w in zip(fps, written):
-        if w is None or not w["refusal"].strip() or not w["invented"].strip():
+        if isinstance(w, Failure) or not w["refusal"].strip() or not w["invented"].strip():
             drops["false_premise_failed"] += 1
+            budget.reject(w if isinstance(w, Failure) else Failure("empty_contrast", json.dumps(w)))
             continue
+        budget.accept()
         pairs.append({"prompt": [{"role": "user", "content": fp.question}],
                       "chosen": w["refusal"].strip(), "rejected": w["invented"].strip(),
                       "kind": "false_premise"})
+    budget.check()
+    budget.require(len(pairs), min_pairs(cfg), "preference.min_pairs")
 
     kinds = Counter(p["kind"] for p in pairs)
     config = {"preference": vars(cfg), "teacher": vars(teacher_cfg)}
@@ -171,13 +189,17 @@ def run_preferences(cfg: PreferenceConfig, teacher_cfg: TeacherConfig, sft_check
             "generation_seconds": round(gen_seconds, 3),
             "sampled_stopped_rate": round(sum(x.stopped for s in samples for x in s) / max(1, sum(map(len, samples))), 4),
             "teacher_backend": teacher_cfg.backend, "teacher_model": client.model,
-            **client.usage.as_stats(),
+            **client.usage.as_stats(), **budget.stats(),
         })
         (w.dir / "README.md").write_text(_data_card(w.stats, cfg))
     return w.result
 
 
 def _data_card(stats: dict[str, Any], cfg: PreferenceConfig) -> str:
+    judge = who(stats["teacher_backend"], stats["teacher_model"])
+    rules_note = ("\nNo model judged or wrote any pair: the judge's scores come from fixed rules "
+                  "(grounding, agreement with the reference, stopping, length, repetition) and the "
+                  "false-premise replies from templates.\n") if is_rule_system(stats["teacher_backend"]) else ""
     return f"""---
 license: cc-by-sa-4.0
 language:
@@ -195,13 +217,13 @@ pretty_name: WikiGPT preference pairs
 "rejected": str, "kind": "sampled"|"false_premise"}}`.
 
 - **sampled** ({stats['pairs_sampled']}): the SFT model answered {stats['prompts_sampled']} training prompts
-  {max(2, cfg.samples_per_prompt)} times each (temperature {cfg.temperature}, top-p {cfg.top_p}); the judge
-  (`{stats['teacher_model']}`) compared the samples in both orders, and a pair was kept only when both
+  {max(2, cfg.samples_per_prompt)} times each (temperature {cfg.temperature}, top-p {cfg.top_p}); the judge,
+  {judge}, compared the samples in both orders, and a pair was kept only when both
   orders agreed with a score gap of at least {cfg.min_margin} (mean gap {stats['mean_judge_margin']}).
   Dropped: {stats['dropped_tie']} ties, {stats['dropped_identical']} prompts with identical samples.
 - **false_premise** ({stats['pairs_false_premise']}): questions that rest on a false premise; chosen
-  names the false premise, rejected invents an answer.
-
+  names the false premise, rejected invents an answer. Both were written by {judge}.
+{rules_note}
 Derived from Wikipedia text (CC BY-SA 4.0); the same license applies.
 """
 

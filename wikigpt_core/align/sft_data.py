@@ -17,13 +17,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
-from wikigpt_core.align import text as T
-from wikigpt_core.align.offline import extract_items
 from wikigpt_core.align.passages import (PASSAGES_PER_ARTICLE_LIMIT, CorpusError, Passage, article_passages,
                                          read_corpus)
-from wikigpt_core.align.teacher import ExampleSpec, make_teacher
+from wikigpt_core.align.teacher import ExampleSpec, Teacher, make_teacher
 from wikigpt_core.artifacts import ArtifactWriter, StageResult
 from wikigpt_core.config import SFTDataConfig, TeacherConfig
+from wikigpt_core.llm import text as T
+from wikigpt_core.llm.budget import FailureBudget, request_cap
+from wikigpt_core.llm.client import Failure
+from wikigpt_core.llm.labels import is_rule_system, who
+from wikigpt_core.llm.offline import extract_items
 
 TASKS = ("qa", "summarize", "extract")
 SUMMARY_INSTRUCTIONS = (
@@ -79,40 +82,56 @@ def _spec_queue(task: str, passages: list[Passage], offset: int) -> Iterator[Exa
             yield ExampleSpec(task, p.title, p.text, v, instruction, p.passage_id)
 
 
-class _Filter:
-    """Quality filters; each drop is counted under `dropped_<reason>`."""
+DROP_REASONS = ("teacher_failed", "bad_reply", "empty", "length", "ungrounded", "language", "duplicate_prompt")
 
-    def __init__(self, cfg: SFTDataConfig) -> None:
+
+class _Filter:
+    """Quality filters; each drop is counted under `dropped_<reason>` and, with a budget, in it
+    (with the reply that was dropped, for the error message)."""
+
+    def __init__(self, cfg: SFTDataConfig, budget: FailureBudget | None = None) -> None:
         self.cfg = cfg
+        self.budget = budget
         self.drops: Counter[str] = Counter()
         self.seen_prompts: set[str] = set()
 
-    def keep(self, spec: ExampleSpec, reply: dict[str, Any] | None) -> dict[str, Any] | None:
-        if reply is None:
-            return self._drop("teacher_failed")
+    def keep(self, spec: ExampleSpec, reply: dict[str, Any] | Failure | None) -> dict[str, Any] | None:
+        if reply is None or isinstance(reply, Failure):
+            failure = reply or Failure("request_failed")
+            reason = "bad_reply" if failure.reason == "bad_reply" else "teacher_failed"
+            return self._drop(reason, failure.detail)
+        kept = self._check(spec, reply)
+        if kept is not None and self.budget:
+            self.budget.accept()
+        return kept
+
+    def _check(self, spec: ExampleSpec, reply: dict[str, Any]) -> dict[str, Any] | None:
+        shown = json.dumps(reply, ensure_ascii=False)
         response = " ".join(reply["response"].split())
         if not response or (spec.task == "qa" and not reply["question"].strip()):
-            return self._drop("empty")
+            return self._drop("empty", shown)
         n_words = len(response.split())
         if not self.cfg.min_response_words <= n_words <= self.cfg.max_response_words:
-            return self._drop("length")
+            return self._drop("length", shown)
         answer = reply.get("answer", "").strip() if spec.task == "qa" else ""
         if spec.task == "qa" and (not answer or answer.lower() not in spec.passage.lower()):
-            return self._drop("ungrounded")
+            return self._drop("ungrounded", shown)
         if T.grounding(response, spec.passage) < self.cfg.min_grounding:
-            return self._drop("ungrounded")
+            return self._drop("ungrounded", shown)
         # Lists (extraction) have no function words; prose responses must read as English.
         if spec.task != "extract" and n_words >= 8 and T.english_ratio(response) < self.cfg.min_english_ratio / 2:
-            return self._drop("language")
+            return self._drop("language", shown)
         prompt = user_message(spec.task, spec.title, spec.passage, spec.instruction, reply.get("question", ""))
         key = " ".join(prompt.lower().split())
         if key in self.seen_prompts:
-            return self._drop("duplicate_prompt")
+            return self._drop("duplicate_prompt", shown)
         self.seen_prompts.add(key)
         return {"prompt": prompt, "response": response, "answer": answer or _list_answer(spec, reply)}
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str, detail: str = "") -> None:
         self.drops[reason] += 1
+        if self.budget:
+            self.budget.reject(Failure(reason, detail))
         return None
 
 
@@ -134,9 +153,10 @@ def _interleave(per_article: list[list[Passage]]) -> list[Passage]:
     return out
 
 
-def build_examples(cfg: SFTDataConfig, teacher, passages: list[Passage], flt: _Filter,
+def build_examples(cfg: SFTDataConfig, teacher: Teacher, passages: list[Passage], flt: _Filter,
                    batch: int = 256) -> list[dict[str, Any]]:
-    """Examples meeting each task's quota (fewer if the passages run out)."""
+    """Examples meeting each task's quota (fewer if the passages run out). With a budget on the
+    filter, it is checked after every batch and stops the build when it is exceeded."""
     quotas = task_quotas(cfg)
     examples: list[dict[str, Any]] = []
     for ti, task in enumerate(TASKS):
@@ -158,11 +178,20 @@ def build_examples(cfg: SFTDataConfig, teacher, passages: list[Passage], flt: _F
                     "task": task, "answer": kept["answer"], "passage_id": spec.passage_id,
                 })
                 got += 1
+            if flt.budget:
+                flt.budget.check()
     return examples
 
 
+def min_examples(cfg: SFTDataConfig) -> int:
+    return cfg.n_examples // 2 if cfg.min_examples is None else cfg.min_examples
+
+
 def run_sft_data(cfg: SFTDataConfig, teacher_cfg: TeacherConfig, corpus_dir: Path, out: Path,
-                 cache_dir: Path) -> StageResult:
+                 cache_dir: Path, *, base_url: str | None = None) -> StageResult:
+    """Build the dataset; `base_url` overrides `teacher_cfg.base_url` (a launched endpoint).
+    Raises TeacherBudgetError, publishing nothing, when the teacher's replies fail or are
+    rejected too often, the request cap is spent, or fewer than the minimum examples result."""
     articles = read_corpus(corpus_dir)
     max_pp = min(cfg.max_passages_per_article, PASSAGES_PER_ARTICLE_LIMIT)
     per_article, dropped_lang = [], 0
@@ -177,9 +206,13 @@ def run_sft_data(cfg: SFTDataConfig, teacher_cfg: TeacherConfig, corpus_dir: Pat
                           "articles, none with clean English prose); check the cleaning stage's output")
     heldout_ids = _heldout_articles([ps[0].article_id for ps in per_article], cfg.heldout_fraction, cfg.seed)
 
-    teacher = make_teacher(teacher_cfg, cache_dir)
-    flt = _Filter(cfg)
+    # One request per example is the plan; filters and failures may use up a few more.
+    teacher = make_teacher(teacher_cfg, cache_dir, base_url=base_url,
+                           max_requests=request_cap(teacher_cfg, cfg.n_examples))
+    budget = FailureBudget("sft_dataset", teacher_cfg, teacher.client, asked=cfg.n_examples)
+    flt = _Filter(cfg, budget)
     examples = build_examples(cfg, teacher, passages, flt)
+    budget.require(len(examples), min_examples(cfg), "sft_data.min_examples")
     random.Random(cfg.seed).shuffle(examples)  # built task by task; published mixed
     pid_article = {p.passage_id: p.article_id for p in passages}
     train = [e for e in examples if pid_article[e["passage_id"]] not in heldout_ids]
@@ -198,11 +231,11 @@ def run_sft_data(cfg: SFTDataConfig, teacher_cfg: TeacherConfig, corpus_dir: Pat
             **{f"examples_{t}": counts.get(t, 0) for t in TASKS},
             "articles_used": len({pid_article[i] for i in used}), "passages_used": len(used),
             "passages_available": len(passages), "passages_dropped_language": dropped_lang,
-            **{f"dropped_{r}": flt.drops.get(r, 0) for r in
-               ("teacher_failed", "empty", "length", "ungrounded", "language", "duplicate_prompt")},
+            **{f"dropped_{r}": flt.drops.get(r, 0) for r in DROP_REASONS},
             "teacher_backend": teacher_cfg.backend,
             "teacher_model": teacher.client.model,
             **teacher.usage.as_stats(),
+            **budget.stats(),
         })
         (w.dir / "README.md").write_text(_data_card(cfg, w.stats, train[:1] or heldout[:1]))
     return w.result
@@ -217,6 +250,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def _data_card(cfg: SFTDataConfig, stats: dict[str, Any], sample: list[dict[str, Any]]) -> str:
     drops = "\n".join(f"| {k.removeprefix('dropped_')} | {v} |" for k, v in stats.items() if k.startswith("dropped_"))
     example = json.dumps(sample[0], ensure_ascii=False, indent=2) if sample else "(none)"
+    rules_note = ("\nNo model wrote any of this data: the rules copy questions, answers, summaries and "
+                  "lists out of the passages.") if is_rule_system(stats["teacher_backend"]) else ""
     return f"""---
 license: cc-by-sa-4.0
 language:
@@ -235,7 +270,7 @@ pretty_name: WikiGPT SFT data
 
 Synthetic instruction data grounded in English Wikipedia passages: closed question answering,
 summarization and extraction. Every prompt contains the passage it is about, so every answer can
-be checked against it. Written by the `{stats['teacher_backend']}` teacher (`{stats['teacher_model']}`).
+be checked against it. Written by {who(stats['teacher_backend'], stats['teacher_model'])}.{rules_note}
 
 ## Files
 

@@ -1,5 +1,7 @@
 """The built-in offline teacher and judge: deterministic rules, no network, no model.
 
+It is a rule system, not a language model: whatever it writes or judges must be labelled so.
+
 It answers the same requests an LLM teacher gets (see `prompts.py`), so it runs behind the same
 client, cache and accounting. As a teacher it writes grounded examples by copying facts out of
 the passage: questions from definitional sentences, passive dates and fill-in-the-blank cloze
@@ -15,8 +17,8 @@ import re
 from collections import Counter
 from typing import Any
 
-from wikigpt_core.align import text as T
-from wikigpt_core.align.prompts import ReplyFormatError, parse_request
+from wikigpt_core.llm import text as T
+from wikigpt_core.llm.prompts import ReplyFormatError, parse_request
 
 CUT_MARK = "[cut off]"
 CLOZE_MAX_WORDS = 28
@@ -187,8 +189,6 @@ def _starts_sentence(word: str, passage: str) -> bool:
 
 def score_response(question: str, response: str, reference: str = "") -> float:
     """1-10 score of one response on its own; never looks at the other response."""
-    from wikigpt_core.eval.harness import distinct3, normalize_answer
-
     cut = CUT_MARK in response
     text = response.replace(CUT_MARK, "").strip()
     ws = text.split()
@@ -199,7 +199,7 @@ def score_response(question: str, response: str, reference: str = "") -> float:
         score += 3.0 * (T.grounding(text, question) - 0.6)
     ref_words = reference.split()
     if ref_words and len(ref_words) <= 10:
-        hit = normalize_answer(reference) in normalize_answer(text)
+        hit = T.normalize_answer(reference) in T.normalize_answer(text)
         score += 2.5 if hit else -1.5
         limit = max(3 * len(ref_words), 6)
     elif ref_words:
@@ -211,7 +211,7 @@ def score_response(question: str, response: str, reference: str = "") -> float:
         score -= min(2.0, len(ws) / limit - 1.0)
     if cut:
         score -= 2.0
-    score -= 4.0 * (1.0 - distinct3(text))
+    score -= 4.0 * (1.0 - T.distinct3(text))
     return round(min(10.0, max(1.0, score)), 2)
 
 

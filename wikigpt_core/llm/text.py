@@ -1,7 +1,9 @@
-"""Small text utilities shared by the offline teacher, the data filters and the judge."""
+"""Small text utilities shared by the offline teacher and judge, the data filters and the eval
+harness."""
 from __future__ import annotations
 
 import re
+import string
 
 # Common English function words: the language heuristic and the "content word" test.
 STOPWORDS = frozenset("""
@@ -78,3 +80,20 @@ def strip_parentheticals(text: str) -> str:
 def truncate_words(text: str, n: int) -> str:
     ws = text.split()
     return text if len(ws) <= n else " ".join(ws[:n]).rstrip(",;:") + "."
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans({c: " " for c in string.punctuation + "“”‘’–—"})
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, punctuation to spaces, articles removed, single spaces (answer matching)."""
+    text = text.lower().translate(_PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def distinct3(text: str) -> float:
+    """Unique word trigrams / all word trigrams; 1.0 when there are fewer than three words."""
+    ws = text.lower().split()
+    grams = [tuple(ws[i:i + 3]) for i in range(len(ws) - 2)]
+    return len(set(grams)) / len(grams) if grams else 1.0

@@ -9,7 +9,9 @@ Every request is an ordinary chat message an instruction model can follow. It st
     >>>
 
 The same text goes to either backend: an LLM reads it as instructions, the offline backend
-reads the sections back with `parse_request`. Replies are one JSON object.
+reads the sections back with `parse_request`. Replies are one JSON object with the fields of
+`REPLY_FIELDS`; `reply_schema` turns those into a JSON schema an endpoint can constrain its
+decoding to (vLLM's guided decoding, llama.cpp's grammars, OpenAI structured outputs).
 """
 from __future__ import annotations
 
@@ -58,6 +60,26 @@ FALSE_PREMISE_INSTRUCTION = (
     "wrongly accepts the premise and makes up an answer (a negative example for training). "
     'Reply with only a JSON object: {"refusal": str, "invented": str}.'
 )
+
+
+REPLY_FIELDS: dict[str, dict[str, type]] = {
+    "qa": {"question": str, "answer": str, "response": str},
+    "summarize": {"response": str},
+    "extract": {"items": list, "response": str},
+    "judge": {"score_a": float, "score_b": float},
+    "false_premise": {"refusal": str, "invented": str},
+}
+"""The JSON object each request kind must be answered with: field name -> Python type."""
+
+_SCHEMA_TYPES = {str: {"type": "string"}, float: {"type": "integer", "minimum": 1, "maximum": 10},
+                 list: {"type": "array", "items": {"type": "string"}}}
+
+
+def reply_schema(kind: str) -> dict[str, Any]:
+    """JSON schema of the reply to a `kind` request (scores: integers 1-10, as the judge is told)."""
+    fields = REPLY_FIELDS[kind]
+    return {"type": "object", "properties": {k: _SCHEMA_TYPES[t] for k, t in fields.items()},
+            "required": list(fields), "additionalProperties": False}
 
 
 class ReplyFormatError(ValueError):

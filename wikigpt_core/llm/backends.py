@@ -1,0 +1,70 @@
+"""The two chat backends behind `ChatClient`.
+
+`OpenAIBackend` talks to any OpenAI-compatible `/v1/chat/completions` endpoint (vLLM serving
+the teacher of `sky/teacher.yaml`, llama.cpp's server, OpenAI) over httpx. `OfflineBackend` is
+the deterministic rule system of `offline.py`: no network and no model. Both receive the same
+requests. The API key comes from the environment only and is never logged or written (the cache
+key covers the request body, not the headers).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+from wikigpt_core.llm import offline, prompts
+from wikigpt_core.llm.client import Completion, RetryableError, TeacherError
+
+
+class OfflineBackend:
+    """The built-in deterministic rule teacher/judge (no network, not a language model)."""
+
+    model = "wikigpt-offline-rules-v1"
+    backend_id = f"offline:{model}"
+
+    def complete(self, body: dict[str, Any]) -> Completion:
+        try:
+            out = offline.reply(body)
+        except (KeyError, prompts.ReplyFormatError) as e:
+            raise TeacherError(f"offline teacher cannot answer this request: {e}") from None
+        return Completion(out["text"], out["prompt_tokens"], out["completion_tokens"])
+
+
+class OpenAIBackend:
+    """POST {base_url}/chat/completions on an OpenAI-compatible server."""
+
+    def __init__(self, base_url: str, model: str, *, timeout_s: float = 120.0,
+                 api_key_env: str = "WIKIGPT_TEACHER_API_KEY", max_connections: int = 8) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.backend_id = f"openai:{self.base_url}:{model}"
+        key = os.environ.get(api_key_env) or os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.Client(timeout=timeout_s, headers=headers, limits=limits)
+
+    def complete(self, body: dict[str, Any]) -> Completion:
+        url = f"{self.base_url}/chat/completions"
+        try:
+            r = self._http.post(url, json=body)
+        except (httpx.TimeoutException, httpx.TransportError) as e:
+            raise RetryableError(f"{url}: {type(e).__name__}") from None
+        if r.status_code == 429 or r.status_code >= 500:
+            raise RetryableError(f"{url} answered HTTP {r.status_code}")
+        if r.status_code != 200:
+            # Any other 4xx is deterministic (bad model name, bad key, a prompt too long for the
+            # context): sending it again would fail the same way and cost the same.
+            raise TeacherError(
+                f"{url} answered HTTP {r.status_code}: {r.text[:200]!r}; check teacher.base_url, "
+                f"teacher.model ({self.model!r}) and the API key env var")
+        try:
+            data = r.json()
+            text = data["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise RetryableError(f"{url} sent a malformed completion: {r.text[:120]!r}") from None
+        usage = data.get("usage") or {}
+        return Completion(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,208 @@
+"""The client every teacher and judge request goes through.
+
+    ChatClient   cache first, then bounded concurrent calls with retries, a hard request cap,
+      ↓          usage and time accounting
+    backend      OfflineBackend | OpenAIBackend (`backends.py`): one chat completion per call
+
+Only transient failures (`RetryableError`: network errors, timeouts, HTTP 429 and 5xx) are
+retried, with exponential backoff; any other error fails that request at once. A request whose
+reply is in the cache is never sent again and costs nothing.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from wikigpt_core.config import TeacherConfig
+from wikigpt_core.llm.cache import ResponseCache, request_key
+from wikigpt_core.llm.prompts import REPLY_FIELDS, ReplyFormatError, parse_json_reply, reply_schema
+
+
+class TeacherError(RuntimeError):
+    """A request that failed for good (after retries, or with a non-retryable error)."""
+
+
+class RetryableError(TeacherError):
+    """A transient failure (5xx, 429, timeout, connection): worth another try."""
+
+
+class RequestCapReached(TeacherError):
+    """The stage's request cap was spent before this request could be sent."""
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class TeacherUsage:
+    """What the backend cost: requests actually sent (retries included), cache hits, tokens."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def as_stats(self, prefix: str = "teacher_") -> dict[str, float | int]:
+        return {f"{prefix}{k}": (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A reply that did not become an item, and why."""
+
+    reason: str
+    """request_failed, bad_reply, or the name of the filter that dropped it."""
+    detail: str = ""
+    """The error message or the reply text (truncated by whoever shows it; never a secret)."""
+
+
+def parse_reply(result: Completion | TeacherError, kind: str) -> dict[str, Any] | Failure:
+    """The JSON object a `kind` reply must be, or the Failure it ended as."""
+    if isinstance(result, TeacherError):
+        return Failure("request_cap" if isinstance(result, RequestCapReached) else "request_failed", str(result))
+    try:
+        return parse_json_reply(result.text, REPLY_FIELDS[kind])
+    except ReplyFormatError as e:
+        return Failure("bad_reply", str(e))
+
+
+class ChatBackend(Protocol):
+    backend_id: str
+    """Identity folded into the cache key (backend kind + model), never a secret."""
+
+    def complete(self, body: dict[str, Any]) -> Completion: ...
+
+
+class ChatClient:
+    """Runs many requests against a backend: cache first, then bounded concurrent calls with
+    retries. `max_requests` caps what is sent in all (retries included); a request beyond the
+    cap is not sent and ends as `RequestCapReached`."""
+
+    def __init__(self, backend: ChatBackend, *, model: str, cache_dir: Path | None,
+                 concurrency: int = 8, max_retries: int = 4, backoff_s: float = 1.0,
+                 max_tokens: int = 512, temperature: float = 0.0, json_mode: bool = False,
+                 json_schema: bool = False, max_requests: int | None = None) -> None:
+        self.backend = backend
+        self.model = model
+        self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
+        self.concurrency = max(1, concurrency)
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.json_mode = json_mode
+        self.json_schema = json_schema
+        self.max_requests = max_requests
+        self.usage = TeacherUsage()
+        self.last_error = ""
+        self._lock = threading.Lock()
+
+    @property
+    def cap_reached(self) -> bool:
+        return self.max_requests is not None and self.usage.requests >= self.max_requests
+
+    def body(self, content: str, seed: int = 0, kind: str = "") -> dict[str, Any]:
+        body = {"model": self.model, "messages": [{"role": "user", "content": content}],
+                "max_tokens": self.max_tokens, "temperature": self.temperature, "seed": seed}
+        if self.json_schema and kind:
+            # Constrained decoding to the reply's schema. This is the form llama.cpp's server
+            # reads (a schema inside a json_object format); see `backends.OpenAIBackend`.
+            body["response_format"] = {"type": "json_object", "schema": reply_schema(kind)}
+        elif self.json_mode:
+            body["response_format"] = {"type": "json_object"}  # every reply we ask for is JSON
+        return body
+
+    def complete_many(self, contents: list[str], seeds: list[int] | None = None,
+                      kinds: list[str] | None = None) -> list[Completion | TeacherError]:
+        """One result per prompt, in order: a Completion, or the TeacherError it ended with.
+        `kinds` names each request's kind (see `prompts.REPLY_FIELDS`) for schema decoding."""
+        t0 = time.perf_counter()
+        seeds = seeds or [0] * len(contents)
+        kinds = kinds or [""] * len(contents)
+        bodies = [self.body(c, s, k) for c, s, k in zip(contents, seeds, kinds)]
+        # Identical requests in one batch are sent once and share the reply.
+        keys = [request_key(self.backend.backend_id, b) for b in bodies]
+        unique = dict(zip(keys, bodies))
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            done = dict(zip(unique, pool.map(self._one, unique.keys(), unique.values())))
+        with self._lock:
+            self.usage.seconds += time.perf_counter() - t0
+        return [done[k] for k in keys]
+
+    def _one(self, key: str, body: dict[str, Any]) -> Completion | TeacherError:
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            with self._lock:
+                self.usage.cache_hits += 1
+            return Completion(hit["text"], hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0))
+        for attempt in range(self.max_retries + 1):
+            with self._lock:
+                if self.cap_reached:
+                    return RequestCapReached(f"request cap of {self.max_requests} reached; not sent")
+                self.usage.requests += 1
+                self.usage.retries += attempt > 0
+            try:
+                c = self.backend.complete(body)
+            except RetryableError as e:
+                if attempt == self.max_retries:
+                    return self._failed(e)
+                # Exponential backoff with jitter, so many workers do not retry in lockstep.
+                time.sleep(self.backoff_s * (2 ** attempt) * (1 + 0.25 * random.random()))
+                continue
+            except TeacherError as e:
+                return self._failed(e)
+            with self._lock:
+                self.usage.prompt_tokens += c.prompt_tokens
+                self.usage.completion_tokens += c.completion_tokens
+            if self.cache is not None:
+                self.cache.put(key, asdict(c))
+            return c
+        raise AssertionError("unreachable")
+
+    def _failed(self, e: TeacherError) -> TeacherError:
+        with self._lock:
+            self.usage.failures += 1
+            self.last_error = str(e)
+        return e
+
+    def check_health(self, results: list[Completion | TeacherError], what: str, max_failed: float = 0.5) -> None:
+        """Raise when more than `max_failed` of a batch failed: an endpoint that is down or
+        misconfigured must fail the stage (and let it retry), not publish a thinned-out dataset."""
+        failed = sum(isinstance(r, TeacherError) and not isinstance(r, RequestCapReached) for r in results)
+        if results and failed / len(results) > max_failed:
+            raise TeacherError(f"{what}: {failed} of {len(results)} requests to the "
+                               f"{self.backend.backend_id} teacher failed; last error: {self.last_error}")
+
+
+def make_client(cfg: TeacherConfig, cache_dir: Path | None, *, base_url: str | None = None,
+                max_requests: int | None = None) -> ChatClient:
+    """The client `cfg` describes. `base_url` overrides `cfg.base_url`
+    (a launched endpoint); `max_requests` caps what the client sends."""
+    from wikigpt_core.llm.backends import OfflineBackend, OpenAIBackend
+
+    if cfg.backend == "offline":
+        backend: ChatBackend = OfflineBackend()
+        model = OfflineBackend.model
+    elif cfg.backend == "openai":
+        backend = OpenAIBackend(base_url or cfg.base_url, cfg.model, timeout_s=cfg.timeout_s,
+                                api_key_env=cfg.api_key_env, max_connections=cfg.concurrency)
+        model = cfg.model
+    else:
+        raise ValueError(f"teacher.backend is {cfg.backend!r}; use 'offline' or 'openai'")
+    remote = cfg.backend == "openai"
+    return ChatClient(backend, model=model, cache_dir=cache_dir, concurrency=cfg.concurrency,
+                      max_retries=cfg.max_retries, backoff_s=cfg.retry_backoff_s,
+                      max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+                      json_mode=cfg.json_mode and remote, json_schema=cfg.json_schema and remote,
+                      max_requests=max_requests)
