@@ -92,14 +92,19 @@ def launch(context: dg.AssetExecutionContext, stage: Stage, spec: StageSpec) -> 
 
 
 @contextmanager
-def services(context: dg.AssetExecutionContext, stage: Stage, settings: Settings) -> Iterator[dict[str, str]]:
-    """Endpoints a stage needs for this run only: a teacher rented through the launcher when
-    `[teacher] launch = "skypilot"`, torn down when the stage ends."""
-    if not (stage.teacher and getattr(settings.teacher, "launch", "") == "skypilot"):
+def services(context: dg.AssetExecutionContext, stage: Stage, settings: Settings,
+             figures: dict) -> Iterator[dict[str, str]]:
+    """Endpoints a stage needs for this run only: with `[teacher] launch = "skypilot"`, a teacher
+    rented through the launcher for the stage's work and torn down when it ends (its GPU-hours
+    and cost go into `figures`). Otherwise the stage uses `[teacher] base_url`."""
+    if not (stage.teacher and settings.teacher.launch == "skypilot"):
         yield {}
         return
-    with context.resources.launcher.teacher_endpoint(context) as url:
-        yield {"teacher_url": url} if url else {}
+    if settings.teacher.backend == "offline":
+        raise ValueError("[teacher] launch = \"skypilot\" rents a model, but backend = \"offline\" "
+                         "would not use it; set backend = \"openai\" or launch = \"none\"")
+    with context.resources.launcher.teacher_endpoint(context, figures) as url:
+        yield {"teacher_url": url}
 
 
 def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
@@ -123,6 +128,7 @@ def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
         # wiki_dump: the observed dump's identity (date + SHA-1s) names its version
         run_fp = identity_for_run(context, settings.dump) if reads_dump else fp
         spec = resolve_spec(settings, stage.name, fingerprint_=run_fp)
+        figures: dict = {}  # what the run's services cost (a rented teacher)
         hit = is_complete(spec.out) and context.run.tags.get(RECOMPUTE_TAG) != "true"
         try:
             if hit:
@@ -130,7 +136,7 @@ def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
                                  "recording it without running the stage")
                 result = cache_hit(spec)
             else:
-                with services(context, stage, settings) as endpoints, \
+                with services(context, stage, settings, figures) as endpoints, \
                         retry_transient_only(stage.name):  # bad input: fail now, no retries
                     spec = dataclasses.replace(spec, services=endpoints)
                     result = run_stage(context, stage, spec)
@@ -140,7 +146,8 @@ def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
             raise
         point_current(spec.out)
         metadata = {**(result.metadata or {}), "path": dg.MetadataValue.path(str(spec.out)),
-                    "version": spec.version, "cache_hit": hit, **_previews(context, stage, spec.out)}
+                    "version": spec.version, "cache_hit": hit, **figures,
+                    **_previews(context, stage, spec.out)}
         return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)
 
     return _asset

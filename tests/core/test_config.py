@@ -45,3 +45,14 @@ def test_section_hash_tracks_only_named_sections():
 def test_dump_from_env(monkeypatch):
     monkeypatch.setenv("WIKIGPT_DUMP", "enwiki/20261101")
     assert load_settings("tiny").dump.source == "enwiki/20261101"
+
+
+def test_config_and_registry_load_without_torch_or_dagster():
+    """A data worker imports the settings (model shape included) and the stage registry
+    without paying for torch, and the core never needs Dagster."""
+    import subprocess
+    import sys
+
+    code = ("import sys, wikigpt_core.config, wikigpt_core.stages, wikigpt_core.spec; "
+            "bad = [m for m in ('torch', 'dagster') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

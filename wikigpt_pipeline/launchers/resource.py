@@ -79,18 +79,15 @@ class ComputeLauncher(dg.ConfigurableResource):
         raise ValueError(f"ComputeLauncher.backend={self.backend!r}; choose one of {BACKENDS}")
 
     @contextmanager
-    def teacher_endpoint(self, context) -> Iterator[Optional[str]]:
-        """For the duration of the block, an OpenAI-compatible teacher (Qwen2.5-7B-Instruct on
-        vLLM, sky/teacher.yaml) served on a rented GPU; yields its base URL (`.../v1`) and
-        always tears it down. The API key comes from WIKIGPT_TEACHER_API_KEY (or VLLM_API_KEY).
-        With the local backend it yields None: use `[teacher] base_url` as configured."""
-        if self.backend != "skypilot":
-            yield None
-            return
+    def teacher_endpoint(self, context, figures: Optional[dict] = None) -> Iterator[str]:
+        """For the duration of the block, an OpenAI-compatible teacher (sky/teacher.yaml: vLLM)
+        served on a rented GPU; yields its base URL (`.../v1`) and always tears it down. Its
+        GPU-hours (and cost, when the price is known) are put into `figures`. The API key comes
+        from WIKIGPT_TEACHER_API_KEY (or VLLM_API_KEY) and travels as a SkyPilot secret."""
         from wikigpt_pipeline.launchers.skypilot import SkyPilotLauncher  # optional extra
 
         key = os.environ.get("WIKIGPT_TEACHER_API_KEY") or os.environ.get("VLLM_API_KEY", "")
-        with SkyPilotLauncher.from_resource(self).teacher_endpoint(context, key) as url:
+        with SkyPilotLauncher.from_resource(self).teacher_endpoint(context, key, figures=figures) as url:
             yield url
 
     def sky_dir_path(self) -> Path:

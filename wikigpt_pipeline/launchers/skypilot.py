@@ -153,7 +153,8 @@ class SkyPilotLauncher:
 
     @contextmanager
     def teacher_endpoint(self, context, api_key: str, port: int = TEACHER_PORT,
-                         ready_timeout_s: float = 1800, poll_s: float = 10) -> Iterator[str]:
+                         ready_timeout_s: float = 1800, poll_s: float = 10,
+                         figures: dict | None = None) -> Iterator[str]:
         """Serve the teacher (sky/teacher.yaml: vLLM, OpenAI API) for the duration of the block;
         yields its base URL (`http://host:port/v1`) once `/v1/models` answers; always downs it."""
         if not api_key:
@@ -182,6 +183,10 @@ class SkyPilotLauncher:
         finally:
             hours = (self.clock() - t0) / 3600
             self._teardown(context, cluster)
+            if figures is not None:
+                figures["teacher_gpu_hours"] = round(hours, 4)
+                if self.hourly_price_usd is not None:
+                    figures["teacher_cost_usd"] = round(hours * self.hourly_price_usd, 4)
             if self.hourly_price_usd is not None:
                 context.log.info(f"[skypilot] teacher: {hours:.3f} GPU-hours, "
                                  f"~${hours * self.hourly_price_usd:.2f}")
