@@ -179,10 +179,15 @@ class ChatClient:
     def check_health(self, results: list[Completion | TeacherError], what: str, max_failed: float = 0.5) -> None:
         """Raise when more than `max_failed` of a batch failed: an endpoint that is down or
         misconfigured must fail the stage (and let it retry), not publish a thinned-out dataset."""
-        failed = sum(isinstance(r, TeacherError) and not isinstance(r, RequestCapReached) for r in results)
+        errors = [r for r in results if isinstance(r, TeacherError) and not isinstance(r, RequestCapReached)]
+        failed = len(errors)
         if results and failed / len(results) > max_failed:
-            raise TeacherError(f"{what}: {failed} of {len(results)} requests to the "
+            err = TeacherError(f"{what}: {failed} of {len(results)} requests to the "
                                f"{self.backend.backend_id} teacher failed; last error: {self.last_error}")
+            # An endpoint that was down or overloaded (every failure a spent retry of a network
+            # error, 429 or 5xx) may be back later: the stage's retry policy may try again.
+            err.transient = all(isinstance(e, RetryableError) for e in errors)
+            raise err
 
 
 def make_client(cfg: TeacherConfig, cache_dir: Path | None, *, base_url: str | None = None,
