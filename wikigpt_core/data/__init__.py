@@ -6,10 +6,13 @@ line by `python -m wikigpt_core.run STAGE --spec FILE`:
 | module | function | artifact |
 |---|---|---|
 | `dump` | `run_dump(DumpConfig, out, work)`, `observe_dump(DumpConfig)` | the dump file(s) |
-| `clean` | `run_clean(CleanConfig, dump_dir, out, work)` | `articles.parquet` |
+| `clean` | `run_clean(CleanConfig, dump_dir, out, work)` | `articles.parquet`, `language.txt` |
 | `dedup` | `run_dedup(DedupConfig, cleaned_dir, out)` | `corpus.parquet` |
 | `tokenizer_train` | `run_tokenizer(TokenizerConfig, corpus_dir, out)` | `tokenizer.json` |
 | `shards` | `run_shards(ShardsConfig, corpus_dir, tokenizer_dir, out, work)` | `train.bin`, `val.bin`, `meta.json` |
+
+Helpers: `dumpsite` (which dumps the dump site has finished, `<wiki>/latest`, a dump's identity),
+`language` (the target language and the py3langid filter), `xmlpages` (pages, encodings, siteinfo).
 
 Properties every stage keeps:
 - Streaming: dumps are read stream by stream, parquet batch by batch; row groups are bounded
