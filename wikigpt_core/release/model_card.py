@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from wikigpt_core.llm.labels import is_rule_system, who
 from wikigpt_core.model import GPTConfig
 
 NA = "n/a"
@@ -128,6 +129,28 @@ def _dpo_text(lineage: dict[str, dict]) -> str:
             f"{fmt(margin)} on its last logged step.\n")
 
 
+def _maker(lineage: dict[str, dict], asset: str, prefix: str) -> str:
+    """Who wrote or judged an asset's data, as its own stats recorded it."""
+    backend, model = stat(lineage, asset, f"{prefix}_backend"), stat(lineage, asset, f"{prefix}_model")
+    return NA if backend is None and model is None else who(backend, model)
+
+
+def _data_prose(lineage: dict[str, dict]) -> str:
+    backends = {stat(lineage, a, k) for a, k in (("sft_dataset", "teacher_backend"),
+                                                  ("preference_dataset", "teacher_backend"),
+                                                  ("eval_report", "judge_backend"))}
+    text = ("SFT data: grounded QA, summarization and extraction over Wikipedia passages, written by "
+            f"{_maker(lineage, 'sft_dataset', 'teacher')}, then quality-filtered. Preference pairs: the "
+            f"SFT model's samples ranked by {_maker(lineage, 'preference_dataset', 'teacher')}, plus "
+            "false-premise prompts where refusing is preferred. ")
+    if any(is_rule_system(b) for b in backends):
+        text += ("**A rule system, not a model, wrote and judged data for this run** (where the table "
+                 "above says so): the offline rules copy questions, answers, summaries and lists out "
+                 "of the passages and score responses by grounding, agreement with a reference, "
+                 "stopping, length and repetition. Its judgments are not a language model's opinion.")
+    return text + "\n"
+
+
 def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, lineage: dict[str, dict],
                       report: dict[str, Any], datasets: list[str], sft_data_url: str = "",
                       preference_data_url: str = "", hub_id: str = "") -> str:
@@ -188,16 +211,15 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
             ["SFT examples (held out)", stat(L, "sft_dataset", "examples_heldout")],
             ["task mix (QA / summarize / extract)", " / ".join(
                 fmt(stat(L, "sft_dataset", f"examples_{t}")) for t in ("qa", "summarize", "extract"))],
-            ["teacher", f"{fmt(stat(L, 'sft_dataset', 'teacher_model'))} "
-                        f"({fmt(stat(L, 'sft_dataset', 'teacher_backend'))} backend)"],
+            ["SFT data written by", _maker(L, "sft_dataset", "teacher")],
+            ["preference pairs judged by", _maker(L, "preference_dataset", "teacher")],
+            ["evaluation judged by", _maker(L, "eval_report", "judge")],
             ["SFT data published at", sft_data_url or "not published (local artifact `sft_dataset`)"],
             ["preference pairs", stat(L, "preference_dataset", "pairs", "rows")],
             ["of which false-premise contrasts", stat(L, "preference_dataset", "pairs_false_premise")],
             ["preference data published at", preference_data_url or "not published (local artifact `preference_dataset`)"],
         ]),
-        "\nSFT data: grounded QA, summarization and extraction over Wikipedia passages, generated "
-        "by a teacher model and quality-filtered. Preference pairs: the SFT model's samples ranked "
-        "by the teacher acting as judge, plus false-premise prompts where refusing is preferred.\n",
+        "\n" + _data_prose(L),
         "## Training\n",
         _table(["stage", "steps", "tokens", "wall hours", "GPU hours", "cost USD", "final loss",
                 "val loss", "hardware"], _training_rows(L)),
