@@ -115,3 +115,18 @@ def test_model_card_language_follows_the_corpus():
     bg = card({"cleaned_articles": {"stats": {"language": "bg"}}})
     assert "language:\n- bg\n" in bg and "`bg` Wikipedia" in bg and "English only" not in bg
     assert "language:\n- en\n" in card({}) and "English only" in card({})
+
+
+def test_multistream_dump_must_be_utf8(settings, bg_sample, tmp_path):
+    from wikigpt_core.data.builddump import write_multistream
+
+    text = bz2.open(bg_sample).read().decode("utf-16")
+    head = text[: text.index("</siteinfo>") + len("</siteinfo>")]
+    page = text[text.index("<page>"): text.index("</page>") + len("</page>")]
+    xml = tmp_path / "bgwiki-20990101-pages-articles-multistream.xml.bz2"
+    index = tmp_path / "bgwiki-20990101-pages-articles-multistream-index.txt.bz2"
+    write_multistream(head.encode("utf-16"), [page.encode("utf-8")], xml, index)
+    cfg = dataclasses.replace(settings.dump, source=str(xml))
+    with pytest.raises(UnsupportedEncodingError, match="UTF-16") as info:
+        run_dump(cfg, tmp_path / "wiki_dump", tmp_path / "w")
+    assert "multistream dump must be UTF-8" in str(info.value)
