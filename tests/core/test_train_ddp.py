@@ -11,17 +11,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tests.core.train_support import make_shards, make_tokenizer, micro_toml, result_stats
+from tests.core.train_support import make_shards, make_tokenizer, micro_toml, result_stats, stage_spec
 
 ROOT = Path(__file__).parents[2]
 PRETRAIN = dict(max_steps=4, batch_size=4, grad_accum=4, lr=3e-3, warmup_steps=1, eval_interval=4,
                 eval_iters=1, sample_interval=1000, ckpt_interval=2, log_interval=1, compile="off")
 
 
-def run(cmd: list[str], tmp: Path, name: str) -> dict:
-    env = os.environ | {"WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd + ["--out", str(tmp / name), "--work", str(tmp / f"work_{name}"),
-                                 "--device", "cpu"], env=env, capture_output=True, text=True, timeout=300)
+def run(launcher: list[str], tmp: Path, name: str, toml: str, inputs: dict[str, Path]) -> dict:
+    spec = stage_spec(tmp / f"specs_{name}", "base_checkpoint", toml, inputs, tmp / name, tmp / f"work_{name}")
+    env = os.environ | {"WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                        "WIKIGPT_DEVICE": "cpu"}
+    cmd = [*launcher, "-m", "wikigpt_core.run", "base_checkpoint", "--spec", str(spec)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return result_stats(done.stdout)
 
@@ -29,12 +31,11 @@ def run(cmd: list[str], tmp: Path, name: str) -> dict:
 def test_two_process_gloo_matches_single_process(tmp_path):
     tok = make_tokenizer(tmp_path / "tok")
     shards = make_shards(tmp_path / "shards", tok)
-    conf = tmp_path / "cfg.toml"
-    conf.write_text(micro_toml(tok.vocab_size, **PRETRAIN))
-    stage = ["-m", "wikigpt_core.pretrain", "--shards", str(shards), "--config", str(conf)]
-    single = run([sys.executable, *stage], tmp_path, "single")
-    ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               *stage], tmp_path, "ddp")
+    toml = micro_toml(tok.vocab_size, **PRETRAIN)
+    inputs = {"token_shards": shards, "tokenizer": tmp_path / "tok"}
+    single = run([sys.executable], tmp_path, "single", toml, inputs)
+    ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+              tmp_path, "ddp", toml, inputs)
     a = load_file(str(tmp_path / "single" / "model.safetensors"))
     b = load_file(str(tmp_path / "ddp" / "model.safetensors"))
     assert a.keys() == b.keys()

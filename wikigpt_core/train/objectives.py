@@ -59,16 +59,22 @@ class DPOObjective:
 
     name = "dpo"
 
+    static_shapes = False
+    """When True every micro-batch keeps the full padded length instead of being trimmed, so a
+    compiled forward sees one shape; the Trainer sets it when it compiles."""
+
     def __init__(self, reference: torch.nn.Module, beta: float = 0.1):
         self.reference = reference.eval()
         for p in self.reference.parameters():
             p.requires_grad_(False)
         self.beta = beta
 
-    @staticmethod
-    def _trim(batch):
+    def _trim(self, batch):
         """Drop columns past the last response token of this micro-batch (pairs are padded
-        to the longest pair of the whole set)."""
+        to the longest pair of the whole set), unless shapes must stay static. The dropped
+        columns are padding at target -100, so the loss is the same either way."""
+        if self.static_shapes:
+            return batch
         used = (batch["chosen_targets"] != IGNORE_INDEX) | (batch["rejected_targets"] != IGNORE_INDEX)
         cols = used.any(0).nonzero()
         end = int(cols.max()) + 1 if len(cols) else 1

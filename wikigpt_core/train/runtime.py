@@ -1,18 +1,26 @@
 """Where and how a training run executes: device, DDP ranks, autocast, compile, optimizer.
 
-On CUDA: bf16 autocast (weights and optimizer state stay float32), torch.compile, SDPA picks
-the flash kernel for causal bf16 attention, fused AdamW, TF32 matmuls. On CPU: float32, no
-compile unless `compile = "on"`. Under torchrun (RANK/WORLD_SIZE set) the process group is
-initialised here: NCCL on CUDA, gloo on CPU.
+Precision and compile are settings of their own (`TrainConfig.precision`, `.compile`); their
+`auto` is: on CUDA, bf16 autocast (weights and optimizer state stay float32) and torch.compile;
+elsewhere float32 and eager. Either can be forced on any device: `precision = "bf16"` runs CPU
+bf16 autocast, `compile = "on"` compiles through inductor with the machine's C compiler, which
+is how the GPU path is tested on CPU. On CUDA, SDPA picks the flash kernel for causal bf16
+attention, AdamW is fused and TF32 matmuls are allowed. Under torchrun (RANK/WORLD_SIZE set)
+the process group is initialised here: NCCL on CUDA, gloo on CPU.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -21,6 +29,8 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    precision: str = "auto"
+    """See `TrainConfig.precision`; `with_precision` sets it from a training config."""
 
     @property
     def is_cuda(self) -> bool:
@@ -34,11 +44,22 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype this runtime trains in, None for plain float32."""
+        return resolve_precision(self.precision, self.device)
+
     def autocast(self):
-        """bf16 autocast on CUDA; a no-op (float32) elsewhere."""
-        if self.is_cuda:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """Autocast in `autocast_dtype` on this device, or a no-op (float32)."""
+        dtype = self.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def with_precision(self, precision: str) -> "Runtime":
+        """A copy of this runtime training in `precision` (same device and ranks)."""
+        resolve_precision(precision, self.device)  # a bad value or an unsupported GPU fails here
+        return dataclasses.replace(self, precision=precision)
 
     def barrier(self) -> None:
         if self.distributed:
@@ -68,9 +89,25 @@ def setup_runtime(device: str | None = None) -> Runtime:
     return Runtime(device=dev, rank=rank, world_size=world, local_rank=local)
 
 
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 or None (float32) for a precision setting on a device; see `TrainConfig.precision`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    cuda = device.type == "cuda"
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+    if cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision = \"bf16\" but {torch.cuda.get_device_name(device)} has no bf16 "
+                         "support; set precision = \"fp32\" (or \"auto\")")
+    return torch.bfloat16
+
+
 def should_compile(mode: str, runtime: Runtime) -> bool:
-    if mode not in ("auto", "on", "off"):
-        raise ValueError(f"compile must be auto, on or off, got {mode!r}")
+    """Whether the training forward is compiled; see `TrainConfig.compile`."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     return mode == "on" or (mode == "auto" and runtime.is_cuda)
 
 

@@ -5,6 +5,12 @@ optimizer and cosine schedule, a checkpointer and a metric logger; `train()` res
 checkpoint if any, runs `train_step()` to `max_steps`, evaluates, samples, checkpoints and
 returns the final figures.
 
+Precision and compile come from the config (`cfg.precision`, `cfg.compile`): the objective
+runs under the runtime's autocast, and with compile the forward is `torch.compile(model)`
+(inside DDP, whose all-reduce happens once per optimizer step anyway: every micro-batch but
+the last runs under no_sync). Evaluation and samples use the plain module, so they never
+trigger a recompile of the training graph.
+
 Gradient accumulation: `grad_accum` micro-batches per optimizer step in total over all ranks;
 rank r runs micro-batches r, r+W, ... and DDP averages gradients across ranks, so the update
 equals the single-process one on the same global batch. Only rank 0 writes.
@@ -46,6 +52,7 @@ class Trainer:
         if cfg.grad_accum % runtime.world_size:
             raise ValueError(f"grad_accum={cfg.grad_accum} must be divisible by the world size "
                              f"{runtime.world_size} (it counts micro-batches over all ranks)")
+        runtime = runtime.with_precision(cfg.precision)  # autocast() now follows the config
         self.cfg, self.runtime, self.objective, self.data = cfg, runtime, objective, data
         self.max_steps = max_steps
         self.model = model.to(runtime.device)  # the plain module: saved, evaluated, sampled
@@ -59,8 +66,12 @@ class Trainer:
         self.run_extra = run_extra or {}
         self.state = TrainState()
         fwd = self.model
-        if should_compile(cfg.compile, runtime):
+        self.compiled = should_compile(cfg.compile, runtime)
+        if self.compiled:
             fwd = torch.compile(fwd)
+            if hasattr(objective, "static_shapes"):
+                # Every new input shape would be a recompile: keep each micro-batch the same shape.
+                objective.static_shapes = True
         if runtime.distributed:
             # Buffers are only the RoPE tables, identical everywhere: no per-step broadcast.
             fwd = DDP(fwd, device_ids=[runtime.device.index] if runtime.is_cuda else None,

@@ -1,7 +1,6 @@
 """Run a stage CLI as a subprocess on this machine (CPU or a local GPU) through Dagster Pipes."""
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Iterator, Mapping, Sequence
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not re-exported at top level
 
+from wikigpt_pipeline.launchers.command import stage_command
 from wikigpt_pipeline.launchers.results import StageLaunchError, build_result, error_message
 
 
@@ -41,12 +41,14 @@ def run_local(
     outputs: Sequence[Path],
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    nproc: int = 1,
 ) -> dg.MaterializeResult:
     """`python -m wikigpt_core.run <stage> *cli_args` under Pipes; the result carries the stage's
-    reported metadata and data_version plus `backend` and `wall_seconds`."""
+    reported metadata and data_version plus `backend` and `wall_seconds`. With nproc > 1 the
+    stage runs under torchrun in that many processes (`command.stage_command`)."""
     reader = _RememberingReader()
     client = dg.PipesSubprocessClient(env=dict(env or {}), cwd=cwd, message_reader=reader)
-    command = [sys.executable, *stage_argv(stage, cli_args)]
+    command = stage_command(stage_argv(stage, cli_args), nproc)
     context.log.info(f"[local] {' '.join(command)}")
     t0 = time.monotonic()
     try:
@@ -64,5 +66,5 @@ def run_local(
         stage,
         invocation.get_results(implicit_materializations=False),
         invocation.get_custom_messages(),
-        {"backend": "local", "wall_seconds": round(seconds, 2)},
+        {"backend": "local", "wall_seconds": round(seconds, 2), "processes": nproc},
     )

@@ -28,6 +28,11 @@ class ComputeLauncher(dg.ConfigurableResource):
     env: dict[str, str] = Field(
         default_factory=dict,
         description="Extra environment for the stage process (local) or the task (skypilot).")
+    nproc_per_node: int = Field(
+        default=1,
+        description="local only: training processes on this machine; > 1 starts the stage under "
+                    "`torchrun --nproc_per_node N` (one per GPU; gloo processes on CPU). On "
+                    "SkyPilot the count comes from the task's accelerators (`RTX4090:4`).")
     # --- skypilot only ---
     sky_dir: Optional[str] = Field(
         default=None, description="Folder with the task YAMLs; default: <repo>/sky.")
@@ -71,7 +76,7 @@ class ComputeLauncher(dg.ConfigurableResource):
         Raises StageLaunchError with the reason (and the log tail when remote) on failure.
         """
         if self.backend == "local":
-            return run_local(context, stage, cli_args, outputs, env=self.env)
+            return run_local(context, stage, cli_args, outputs, env=self.env, nproc=self.nproc_per_node)
         if self.backend == "skypilot":
             from wikigpt_pipeline.launchers.skypilot import SkyPilotLauncher  # optional extra
 
