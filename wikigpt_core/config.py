@@ -169,6 +169,8 @@ class TeacherConfig:
     decoding to it (llama.cpp's server compiles it to a grammar). A small model then always
     replies with parseable JSON of the right fields; whether the content passes the filters is
     still up to the model."""
+    max_reply_chars: int = 1_200
+    """With json_schema: the longest string field a reply may hold (bounds each reply's cost)."""
     max_failure_share: float = 0.5
     """A teacher stage (SFT data, preference data, the eval judge) stops with an error once more
     than this share of its teacher replies failed or were rejected by its filters ..."""

@@ -215,3 +215,22 @@ def test_the_test_server_speaks_the_protocol_of_the_official_openai_client(serve
     scores = json.loads(r.choices[0].message.content)
     assert scores["score_b"] == 1.0 and scores["score_a"] > scores["score_b"]
     assert r.usage.prompt_tokens > 0 and server.auth_headers[-1] == "Bearer sk-x"
+
+
+def test_request_cap_stops_sending(server: ChatServer, tmp_path: Path):
+    cfg = _cfg(server.url)
+    cfg.concurrency = 1
+    client = make_client(cfg, None, max_requests=3)
+    out = Teacher(client).write_examples(_specs())
+    assert len(server.requests) == 3 and client.usage.requests == 3 and client.cap_reached
+    assert [isinstance(o, Failure) and o.reason == "request_cap" for o in out] == [False] * 3 + [True] * 2
+
+
+def test_json_schema_mode_sends_each_replys_schema(server: ChatServer):
+    cfg = _cfg(server.url, json_schema=True, max_reply_chars=77)
+    Teacher(make_client(cfg, None)).write_examples(_specs()[3:])  # summarize, extract
+    formats = [r["response_format"] for r in server.requests]
+    assert [f["type"] for f in formats] == ["json_object", "json_object"]
+    summ, extract = sorted((f["schema"] for f in formats), key=lambda sch: len(sch["required"]))
+    assert summ["required"] == ["response"] and summ["properties"]["response"]["maxLength"] == 77
+    assert extract["required"] == ["items", "response"] and extract["properties"]["items"]["type"] == "array"

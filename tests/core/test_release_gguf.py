@@ -1,8 +1,13 @@
-"""GGUF export (optional in issue 8). llama.cpp itself is not available here, so the file is
-read back with the `gguf` package and run through a small numpy forward pass written to
-llama.cpp's llama semantics (interleaved-pair RoPE, tied output = token_embd): its logits must
-equal the core model's, which checks the tensor names, the q/k row permutation and the
-hyperparameters together."""
+"""GGUF export, checked two ways:
+
+- llama.cpp itself (llama-cpp-python, in its own venv: tests/llamacpp/) loads the file and its
+  logits, greedy tokens and tokenization must match the core model and tokenizer;
+- a second opinion that needs no llama.cpp build: the file is read back with the `gguf` package
+  and run through a small numpy forward pass written to llama.cpp's llama semantics
+  (interleaved-pair RoPE, tied output = token_embd).
+
+Both check the tensor names, the q/k row permutation and the hyperparameters together.
+"""
 from __future__ import annotations
 
 import json
@@ -16,7 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import test_release_support as support  # noqa: E402
 
-from wikigpt_core.chat import CHAT_TEMPLATE  # noqa: E402
+from tests.llamacpp.server import probe  # noqa: E402
+from wikigpt_core.chat import CHAT_TEMPLATE, render_prompt  # noqa: E402
 from wikigpt_core.release.gguf_export import export_gguf, interleave_rows  # noqa: E402
 
 gguf = pytest.importorskip("gguf")
@@ -157,3 +163,42 @@ def test_release_stage_ships_a_gguf_when_configured(release):
     shipped = result.path / "wikigpt-tiny-instruct-q8_0.gguf"
     assert shipped.exists() and result.stats["files"] == 10
     assert gguf.GGUFReader(shipped).fields["general.architecture"].contents() == "llama"
+
+
+def test_llama_cpp_runs_the_export_like_the_core_model(tmp_path):
+    """llama.cpp loads the f32 export: per-position logits equal the core model's, greedy decoding
+    picks the same tokens, and its tokenizer (from the GGUF metadata) splits text the same way."""
+    tok = support.train_tokenizer(tmp_path / "tok")
+    # Larger block weights: greedy decoding then wanders instead of repeating one token.
+    model = support.random_model(tok.vocab_size, seed=5, block_scale=3.0)
+    rel = support.build_release(tmp_path, model, tmp_path / "tok")
+    export_gguf(rel, tmp_path / "m.gguf", "f32")
+    ids = torch.randint(4, tok.vocab_size, (48,), generator=torch.Generator().manual_seed(7))
+    text = "Ada Lovelace was an English mathematician. The sky is blue!"
+    prompt = render_prompt([{"role": "user", "content": "Who was Ada Lovelace?"}], tok)
+    steps = 24
+    got = probe(tmp_path / "m.gguf", {"ids": ids.tolist(), "greedy_prompt": prompt, "greedy_steps": steps,
+                                      "text": text, "n_ctx": model.config.block_size}, tmp_path)
+    assert got["n_vocab"] == model.config.vocab_size and got["n_ctx_train"] == model.config.block_size
+
+    with torch.no_grad():
+        core, _ = model(ids[None], all_logits=True)
+    core = core[0].double().numpy()
+    ours = np.asarray(got["logits"])
+    assert ours.shape == core.shape
+    assert np.abs(ours - core).max() <= 1e-3 * max(1.0, np.abs(core).max())
+    assert (ours.argmax(-1) == core.argmax(-1)).all()
+
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):  # the core model's own greedy decode, full forward each step
+            logits, _ = model(torch.tensor([seq]), all_logits=True)
+            seq.append(int(logits[0, -1].argmax()))
+    core_greedy = seq[len(prompt):]
+    assert got["greedy"] == core_greedy
+    assert len(set(core_greedy)) > 3  # a real continuation, not one token repeated
+
+    assert got["tokenized"] == tok.encode(text)
+    # The numpy reference agrees too (a second opinion that needs no llama.cpp build).
+    ref = llama_cpp_forward(gguf.GGUFReader(tmp_path / "m.gguf"), ids.tolist())
+    assert np.abs(ref - ours).max() <= 1e-3 * max(1.0, np.abs(core).max())

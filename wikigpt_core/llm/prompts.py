@@ -71,14 +71,17 @@ REPLY_FIELDS: dict[str, dict[str, type]] = {
 }
 """The JSON object each request kind must be answered with: field name -> Python type."""
 
-_SCHEMA_TYPES = {str: {"type": "string"}, float: {"type": "integer", "minimum": 1, "maximum": 10},
-                 list: {"type": "array", "items": {"type": "string"}}}
+MAX_ITEMS = 12
 
 
-def reply_schema(kind: str) -> dict[str, Any]:
-    """JSON schema of the reply to a `kind` request (scores: integers 1-10, as the judge is told)."""
+def reply_schema(kind: str, max_chars: int = 1_200) -> dict[str, Any]:
+    """JSON schema of the reply to a `kind` request: scores are integers 1-10 (as the judge is
+    told), every string 1 to `max_chars` characters, lists at most MAX_ITEMS items."""
+    text = {"type": "string", "minLength": 1, "maxLength": max_chars}
+    types = {str: text, float: {"type": "integer", "minimum": 1, "maximum": 10},
+             list: {"type": "array", "items": text, "maxItems": MAX_ITEMS}}
     fields = REPLY_FIELDS[kind]
-    return {"type": "object", "properties": {k: _SCHEMA_TYPES[t] for k, t in fields.items()},
+    return {"type": "object", "properties": {k: types[t] for k, t in fields.items()},
             "required": list(fields), "additionalProperties": False}
 
 
