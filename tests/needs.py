@@ -20,12 +20,13 @@ import pytest
 # CI means the install is broken.
 REQUIRED_MODULES = {"transformers", "openai", "gguf", "playwright", "sky"}
 
-# Debian tools the tests drive, with the apt package that provides each and the environment
-# variable that points a run at another binary (also how CI's failure on a missing tool is
-# demonstrated: WIKIGPT_CHROMIUM=/nonexistent).
-TOOLS = {
+# Debian tools the tests drive: the apt package that provides each, and the environment
+# variable (if any) that points the tests at another binary. WIKIGPT_CHROMIUM is what the
+# browser tests launch; set to a path that does not exist, it makes chromium unavailable (how
+# CI's failure on a missing browser is shown). rsync is run from PATH by the launcher itself.
+TOOLS: dict[str, tuple[str, str | None]] = {
     "chromium": ("chromium", "WIKIGPT_CHROMIUM"),
-    "rsync": ("rsync", "WIKIGPT_RSYNC"),
+    "rsync": ("rsync", None),
 }
 
 
@@ -44,7 +45,7 @@ def tool_path(name: str) -> str | None:
     """The binary for a tool in TOOLS: its override variable when set (even to a path that does
     not exist: that is how a run is made to lack it), else the first one on PATH."""
     _, var = TOOLS[name]
-    override = os.environ.get(var)
+    override = os.environ.get(var) if var else None
     if override is not None:
         return override if Path(override).is_file() and os.access(override, os.X_OK) else None
     return shutil.which(name)
@@ -55,7 +56,7 @@ def require_tool(name: str) -> str:
     path = tool_path(name)
     if path is None:
         package, var = TOOLS[name]
-        where = f"{var}={os.environ[var]!r} is not an executable" if var in os.environ else "not on PATH"
+        where = f"{var}={os.environ[var]!r} is not an executable" if var and var in os.environ else "not on PATH"
         missing(f"the `{name}` binary ({where}); install it with `apt-get install -y {package}`")
     return path  # type: ignore[return-value]
 
