@@ -10,7 +10,7 @@ from wikigpt_core.config import load_settings
 from wikigpt_pipeline.automation import data_eager
 from wikigpt_pipeline.jobs import DEFAULT_EVAL_CRON, eval_refresh_schedule
 from wikigpt_pipeline.project import build_definitions
-from wikigpt_pipeline.sensors import failure_summary, report_run_failure
+from wikigpt_pipeline.sensors import report_run_failure
 
 
 def test_eval_schedule_tick_targets_eval_report():
@@ -31,10 +31,22 @@ def test_eval_schedule_cron_is_configurable(monkeypatch):
     assert eval_refresh_schedule().cron_schedule == "0 3 * * *"
 
 
-def test_failure_sensor_names_step_and_logs():
+def test_failure_sensor_reports_step_cause_and_where_the_logs_are():
+    """The sensor evaluated on a real failed run: what it logs names the run, the job, the
+    failed step and the stage's own error (not only Dagster's "steps failed" line)."""
+    import logging
+
     @dg.asset
     def broken():
         raise RuntimeError("no dump at /nowhere")
+
+    class Capture(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines: list[tuple[str, str]] = []
+
+        def emit(self, record):
+            self.lines.append((record.levelname, record.getMessage()))
 
     with dg.instance_for_test() as instance:
         result = dg.materialize([broken], instance=instance, raise_on_error=False)
@@ -44,11 +56,15 @@ def test_failure_sensor_names_step_and_logs():
                                                  dagster_instance=instance,
                                                  dagster_run=result.dagster_run,
                                                  dagster_event=failure).for_run_failure()
-        report_run_failure(ctx)  # runs without error on a real failed run
-        steps = [e.step_key for e in ctx.get_step_failure_events()]
-    assert steps == ["broken"]
-    text = failure_summary(result.run_id, result.dagster_run.job_name, steps, "boom")
-    assert result.run_id in text and "broken" in text and "Runs" in text
+        capture = Capture()
+        ctx.log.addHandler(capture)
+        report_run_failure(ctx)
+    errors = [m for level, m in capture.lines if level == "ERROR"]
+    assert len(errors) == 1, capture.lines
+    report = errors[0]
+    assert report.startswith(f"WikiGPT run {result.run_id} of job {result.dagster_run.job_name} failed at broken:")
+    assert "cause: RuntimeError: no dump at /nowhere" in report
+    assert f"Runs → {result.run_id}" in report and f"dagster debug export {result.run_id}" in report
 
 
 def test_data_assets_carry_the_data_version_aware_condition():
