@@ -1,4 +1,5 @@
-"""The `eval_report` stage: perplexity, pairwise judge, judge-free harness, gallery, cost table.
+"""The `eval_report` stage: perplexity, pairwise judge, judge-free harness, gallery, cost table,
+charts (PNG, inlined in report.html) and, optionally, standard benchmarks through lm-eval.
 
     python -m wikigpt_core.run eval_report --spec FILE
 """
@@ -12,13 +13,16 @@ from pathlib import Path
 from wikigpt_core.align.preferences import read_jsonl
 from wikigpt_core.artifacts import ArtifactWriter, StageResult
 from wikigpt_core.config import EvalConfig, TeacherConfig
+from wikigpt_core.eval.charts import CHART_CAPTIONS, CHART_DIR, read_log, report_charts
 from wikigpt_core.eval.gallery import run_gallery
 from wikigpt_core.eval.generation import Reply, generate_replies, pick_device
 from wikigpt_core.eval.harness import HarnessRecord, score_harness
 from wikigpt_core.eval.pairwise import PairCase, judge_debiased, win_tie_loss
+from wikigpt_core.eval.lm_harness import (LM_EVAL_FILE, LmEvalOutcome, lm_eval_markdown, lm_eval_rows,
+                                          run_lm_eval)
 from wikigpt_core.eval.perplexity import perplexity
-from wikigpt_core.eval.report import (CHECKPOINTS, build_report, cost_rows, flat_stats, render_markdown,
-                                      render_table, tables)
+from wikigpt_core.eval.report import (CHECKPOINTS, build_report, cost_rows, flat_stats, render_html,
+                                      render_markdown, render_table, tables)
 from wikigpt_core.llm.budget import FailureBudget, request_cap
 from wikigpt_core.llm.client import make_client
 from wikigpt_core.llm.judge import Judge
@@ -37,6 +41,7 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
     passes stop with TeacherBudgetError, publishing nothing, when too many verdicts fail."""
     from wikigpt_core.model_io import load_model
     from wikigpt_core.tokenizer import WikiTokenizer
+    from wikigpt_core.train.stage import training_log
 
     missing = [c for c in CHECKPOINTS if c not in checkpoints]
     if missing:
@@ -87,6 +92,17 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
                           top_p=cfg.top_p, seed=cfg.seed)
 
     report = build_report(ppl, pairwise, harness, gallery)
+    judge_label = "rule system, not a model" if is_rule_system(teacher_cfg.backend) else judge.client.model
+    logs = {c: read_log(training_log(checkpoints[c])) for c in CHECKPOINTS}
+    charts = report_charts(report, logs, judge_label)
+    chart_paths = {f"{CHART_DIR}/{name}": CHART_CAPTIONS[name] for name in charts}
+    if cfg.lm_eval:
+        bench = run_lm_eval({c: Path(checkpoints[c]) for c in CHECKPOINTS}, Path(tokenizer_dir),
+                            list(cfg.lm_eval_tasks), limit=cfg.lm_eval_limit,
+                            include_path=cfg.lm_eval_include_path or None,
+                            batch_size=cfg.lm_eval_batch_size, device=device)
+    else:
+        bench = LmEvalOutcome("off")
     # Only upstream figures go into the files: this run's own time would change the content hash
     # (the DataVersion) on every rerun; it is reported in the stats instead.
     tabs = tables(report, cost_rows(upstream))
@@ -102,7 +118,14 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
     with ArtifactWriter(out, stage="eval_report", config=config, inputs=inputs) as w:
         (w.dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         results_only = {k: v for k, v in tabs.items() if k != "cost"}
-        (w.dir / "report.md").write_text(render_markdown(report, results_only, notes, stopped))
+        md = render_markdown(report, results_only, notes, stopped, charts=chart_paths,
+                             benchmarks=lm_eval_markdown(bench, render_table))
+        (w.dir / "report.md").write_text(md)
+        (w.dir / CHART_DIR).mkdir()
+        for name, png in charts.items():
+            (w.dir / CHART_DIR / name).write_bytes(png)
+        (w.dir / "report.html").write_text(render_html(md, {f"{CHART_DIR}/{n}": b for n, b in charts.items()}))
+        (w.dir / LM_EVAL_FILE).write_text(json.dumps(bench.to_json(), indent=2) + "\n")
         (w.run_dir / "costs.md").write_text("# Cost and time (from upstream metadata)\n\n"
                                             + render_table(tabs["cost"]))
         w.stats.update(flat_stats(report))
@@ -112,4 +135,8 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
                         **judge.usage.as_stats("judge_"), **budget.stats("judge_")})
         # Lists of flat rows: the pipeline renders each as a Dagster table.
         w.stats.update({f"{name}_table": rows for name, rows in tabs.items()})
+        w.stats["lm_eval_status"] = bench.status
+        w.stats["charts"] = len(charts)
+        if bench.status == "ok":
+            w.stats["lm_eval_table"] = lm_eval_rows(bench)
     return w.result

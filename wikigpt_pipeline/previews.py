@@ -4,6 +4,7 @@ the model card."""
 from __future__ import annotations
 
 import json
+import re
 from itertools import islice
 from pathlib import Path
 from typing import Callable
@@ -67,8 +68,41 @@ def training_samples(path: Path) -> dict[str, dg.MetadataValue]:
     return {"samples": _md(body)}
 
 
+LOSS_TITLES = {"base_checkpoint": "Pretraining", "sft_checkpoint": "SFT", "dpo_checkpoint": "DPO"}
+
+
+def loss_curve(path: Path) -> dict[str, dg.MetadataValue]:
+    """The checkpoint's train/val loss curve as a markdown image (a base64 PNG inlined, so the
+    asset page shows it with no file server); for DPO, the reward margin and accuracy too."""
+    from wikigpt_core.eval.charts import dpo_rewards_png, loss_curve_png, read_log
+    from wikigpt_core.train.stage import training_log
+
+    rows = read_log(training_log(path))
+    if not rows:
+        return {}
+    stage = LOSS_TITLES.get(Path(path).parent.name, "") or LOSS_TITLES.get(Path(path).name, "Training")
+    body = _png_md(loss_curve_png(rows, f"{stage}: train and val loss"), f"{stage} loss curve")
+    if any("dpo/margin" in r for r in rows):
+        body += "\n\n" + _png_md(dpo_rewards_png(rows), "DPO reward margin and accuracy")
+    return {"loss_curve": dg.MetadataValue.md(body)}
+
+
+def _png_md(png: bytes, alt: str) -> str:
+    import base64
+
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
 def eval_report(path: Path) -> dict[str, dg.MetadataValue]:
-    out = {"report": _md((path / "report.md").read_text())}
+    from wikigpt_core.eval.charts import CHART_CAPTIONS, CHART_DIR
+
+    # report.md links its charts by relative path; the asset page gets them inlined instead.
+    text = re.sub(r"!\[[^\]]*\]\(" + CHART_DIR + r"/[^)]*\)\s*", "", (path / "report.md").read_text())
+    out = {"report": _md(text.replace("## Charts\n", "## Charts\n\nShown in the `charts` entry.\n", 1))}
+    pngs = [(cap, path / CHART_DIR / name) for name, cap in CHART_CAPTIONS.items()]
+    charts = [_png_md(f.read_bytes(), cap) for cap, f in pngs if f.is_file()]
+    if charts:
+        out["charts"] = dg.MetadataValue.md("\n\n".join(charts))
     gallery = json.loads((path / "report.json").read_text()).get("gallery", [])
     if gallery:
         out["gallery_excerpt"] = _md("\n\n---\n\n".join(

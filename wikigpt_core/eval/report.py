@@ -1,4 +1,5 @@
-"""report.json (the fixed schema of issue 7), report.md and the metadata tables."""
+"""report.json (a fixed schema: perplexity, pairwise, harness, gallery), report.md and the
+metadata tables."""
 from __future__ import annotations
 
 from typing import Any
@@ -86,9 +87,11 @@ def _quote(text: str) -> str:
 
 
 def render_markdown(report: dict[str, Any], tabs: dict[str, list[dict[str, Any]]], notes: dict[str, Any],
-                    gallery_stopped: dict[tuple[int, str], bool] | None = None) -> str:
+                    gallery_stopped: dict[tuple[int, str], bool] | None = None, *,
+                    charts: dict[str, str] | None = None, benchmarks: str = "") -> str:
     """The human-readable report. `gallery_stopped[(id, checkpoint)]` marks replies that never
-    emitted <|end|> (the text itself stays verbatim)."""
+    emitted <|end|> (the text itself stays verbatim). `charts` maps a PNG's path relative to the
+    report to its caption; `benchmarks` is the standard-benchmark section (markdown)."""
     gallery_stopped = gallery_stopped or {}
     judge_note = f"The pairwise verdicts come from {notes['judge_who']}." if notes.get("judge_who") else ""
     if notes.get("judge_is_rules"):
@@ -99,10 +102,12 @@ def render_markdown(report: dict[str, Any], tabs: dict[str, list[dict[str, Any]]
              f"harness on {notes.get('harness_n', '?')} closed-QA prompts, pairwise on "
              f"{notes.get('pairwise_n', '?')} prompts. Their replies are decoded with temperature "
              f"{notes.get('harness_temperature', '?')}, up to {notes.get('max_new_tokens', '?')} new tokens.\n",
+             _charts_section(charts or {}),
              "## Perplexity (held-out Wikipedia shard)\n", render_table(tabs["perplexity"]),
              "\n## Pairwise judge (position-debiased: each pair judged in both orders; disagreement counts as a tie)\n",
              render_table(tabs["pairwise"]),
              "\n## Judge-free harness (held-out closed QA)\n", render_table(tabs["harness"]),
+             benchmarks,
              "\n## Cost and time\n",
              # Timings differ on every run; they live in the run record, outside the version.
              render_table(tabs["cost"]) if "cost" in tabs else "See `run/costs.md` (the run record).\n",
@@ -113,3 +118,33 @@ def render_markdown(report: dict[str, Any], tabs: dict[str, list[dict[str, Any]]
             cut = "" if gallery_stopped.get((g["id"], c), True) else " _(no <|end|>: cut off at the token limit)_"
             parts.append(f"**{c}**{cut}\n\n{_quote(g[c])}\n")
     return "\n".join(parts)
+
+
+def _charts_section(charts: dict[str, str]) -> str:
+    if not charts:
+        return ""
+    return "## Charts\n\n" + "\n\n".join(f"![{cap}]({path})" for path, cap in charts.items()) + "\n"
+
+
+HTML_STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
+              "line-height:1.45;color:#222}table{border-collapse:collapse;margin:.5rem 0}"
+              "th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}th{background:#f3f3f3}"
+              "blockquote{margin:.3rem 0;padding:.2rem .8rem;border-left:3px solid #ccc;color:#444}"
+              "img{max-width:100%;margin:.3rem .3rem 0 0;border:1px solid #eee}")
+
+
+def render_html(markdown_text: str, images: dict[str, bytes], title: str = "WikiGPT evaluation report") -> str:
+    """One self-contained page: the report's markdown rendered to HTML, every image referenced by
+    a path in `images` inlined as a base64 data URI (no file beside it is needed)."""
+    import base64
+    import html
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
+    for path, data in images.items():
+        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        body = body.replace(f'src="{html.escape(path)}"', f'src="{uri}"')
+    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{HTML_STYLE}</style></head>\n"
+            f"<body>\n{body}</body></html>\n")
