@@ -7,6 +7,7 @@ real by `bash` with the task's envs, with HOME pointing at a temp "remote home",
 log stream and the rsync of outputs (through a stand-in for `ssh <cluster>`) are all the real
 thing. What is faked is only the rented machine.
 """
+import dataclasses
 import itertools
 import json
 import os
@@ -26,8 +27,7 @@ from wikigpt_pipeline.launchers import ComputeLauncher
 from wikigpt_pipeline.launchers import skypilot as sky_launcher
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(shutil.which("rsync") is None,
-                                reason="rsync (Debian package) is needed to copy outputs back")
+pytestmark = pytest.mark.requires_tool("rsync")  # copies outputs back; skips locally without it, fails in CI
 
 FIXTURE_STAGE = textwrap.dedent('''
     import argparse
@@ -244,6 +244,19 @@ def remote(tmp_path, monkeypatch):
     return fake, launcher
 
 
+@pytest.fixture()
+def clock(monkeypatch):
+    """The launcher's clock: 1,000 s at its first reading, 1,900 s at every later one, so a
+    stage (or the teacher) is billed for exactly 900 s = 0.25 GPU-hours on one GPU."""
+    readings = itertools.chain([1000.0], itertools.repeat(1900.0))
+    build = sky_launcher.SkyPilotLauncher.from_resource.__func__
+
+    def from_resource(cls, res):
+        return dataclasses.replace(build(cls, res), clock=lambda: next(readings))
+
+    monkeypatch.setattr(sky_launcher.SkyPilotLauncher, "from_resource", classmethod(from_resource))
+
+
 def _materialize(asset, launcher, **kwargs):
     instance = dg.DagsterInstance.ephemeral()
     return dg.materialize([asset], resources={"launcher": launcher}, instance=instance,
@@ -258,7 +271,7 @@ def _fixture_asset(out: Path, extra_args=(), retry_policy=None):
     return fixture_checkpoint
 
 
-def test_success_streams_pipes_over_the_log_and_rsyncs_outputs_back(tmp_path, remote):
+def test_success_streams_pipes_over_the_log_and_rsyncs_outputs_back(tmp_path, remote, clock):
     fake, launcher = remote
     out = tmp_path / "local_home" / "fixture_checkpoint"
     note = "it's a \"quoted\" note; $HOME `whoami` ~/x * | rm -rf /nothing"
@@ -269,7 +282,9 @@ def test_success_streams_pipes_over_the_log_and_rsyncs_outputs_back(tmp_path, re
     assert md["steps"] == 3 and md["last/loss/train"] == 2.0     # from Pipes messages in the log
     assert md["note"] == note            # survived shell quoting through the remote `eval`
     assert md["backend"] == "skypilot" and md["cluster"].startswith("wikigpt-fixture-")
-    assert md["hourly_price_usd"] == 0.4 and md["cost_usd"] >= 0 and md["gpu_hours"] >= 0
+    # 900 s on one RTX 4090 at the price the handle reports ($0.40/h): 0.25 GPU-hours, $0.10.
+    assert md["wall_seconds"] == 900.0 and md["gpu_hours"] == 0.25
+    assert md["hourly_price_usd"] == 0.4 and md["cost_usd"] == pytest.approx(0.10)
     # The artifact came back byte-identical to what the "remote" stage hashed.
     assert md["content_hash"] == content_hash(out) == read_manifest(out)["content_hash"]
     assert [c[0] for c in fake.calls] == ["status", "launch", "tail_logs", "down"]
@@ -365,7 +380,12 @@ def md_cluster(fake) -> str:
 # --- the teacher endpoint --------------------------------------------------------------------
 
 class _ModelsHandler(__import__("http.server").server.BaseHTTPRequestHandler):
+    """vLLM's /v1/models as the launcher's readiness poll sees it; every request is recorded."""
+
+    polls: list[tuple[str, str | None]] = []
+
     def do_GET(self):  # noqa: N802 - http.server's naming
+        self.polls.append((self.path, self.headers.get("Authorization")))
         ok = self.path == "/v1/models" and self.headers.get("Authorization") == "Bearer k-123"
         self.send_response(200 if ok else 401)
         self.end_headers()
@@ -375,30 +395,31 @@ class _ModelsHandler(__import__("http.server").server.BaseHTTPRequestHandler):
         pass
 
 
-def test_teacher_endpoint_serves_then_always_tears_down(remote, monkeypatch):
+def test_teacher_endpoint_serves_then_always_tears_down(remote, monkeypatch, clock):
     """sky/teacher.yaml is launched, its endpoint polled over real HTTP until vLLM's
-    /v1/models answers (with the API key), yielded, and downed when the block exits."""
+    /v1/models answers (with the API key), yielded, and downed when the block exits; its
+    GPU time and cost land in the figures even though the block failed."""
     import http.server
     import threading
 
-    fake, launcher = remote
+    fake, base = remote
+    launcher = ComputeLauncher(**{**base.model_dump(), "hourly_price_usd": 0.4})
     shutil.copy(REPO / "sky" / "teacher.yaml", Path(launcher.sky_dir) / "teacher.yaml")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ModelsHandler)
+    polls: list[tuple[str, str | None]] = []
+    handler = type("Handler", (_ModelsHandler,), {"polls": polls})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     fake.serve_at = f"127.0.0.1:{server.server_address[1]}"
     monkeypatch.setenv("WIKIGPT_TEACHER_API_KEY", "k-123")
-    seen = {}
+    seen, figures = {}, {}
 
     @dg.asset(name="sft_dataset")
     def sft_dataset(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
-        with launcher.teacher_endpoint(context) as url:
-            import httpx
-
+        with launcher.teacher_endpoint(context, figures) as url:
             seen["url"] = url
-            seen["models"] = httpx.get(f"{url}/models",
-                                       headers={"Authorization": "Bearer k-123"}).json()
+            seen["polls_before_yield"] = list(polls)
             task = next(iter(fake.clusters.values()))["jobs"][1]["task"]
-            seen["secret"] = task.config["secrets"]["VLLM_API_KEY"]
+            seen["secrets"], seen["envs"] = dict(task.config["secrets"]), dict(task.config["envs"])
             raise RuntimeError("generation failed halfway")
 
     try:
@@ -406,9 +427,13 @@ def test_teacher_endpoint_serves_then_always_tears_down(remote, monkeypatch):
     finally:
         server.shutdown()
     assert not res.success                                     # the block's error propagates
-    assert seen["url"] == f"http://{fake.serve_at}/v1"
-    assert seen["models"]["data"][0]["id"] == "Qwen/Qwen2.5-7B-Instruct"
-    assert seen["secret"] == "k-123"                            # a secret, not an env
+    assert "generation failed halfway" in res.get_step_failure_events()[0].step_failure_data.error.cause.message
+    assert seen["url"] == f"http://{fake.serve_at}/v1"         # host:port from sky.endpoints + /v1
+    # Before yielding, the launcher waited for vLLM with the key from WIKIGPT_TEACHER_API_KEY.
+    assert seen["polls_before_yield"] == [("/v1/models", "Bearer k-123")]
+    assert seen["secrets"]["VLLM_API_KEY"] == "k-123"           # a secret ...
+    assert "k-123" not in seen["envs"].values()                 # ... never an env
+    assert figures == {"teacher_gpu_hours": 0.25, "teacher_cost_usd": 0.1}   # 900 s at $0.40/h
     assert [c[0] for c in fake.calls][-1] == "down" and fake.clusters == {}
 
 
