@@ -97,8 +97,12 @@ def test_run_dpo_stage(tmp_path, tok):
     assert st["initial_loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy starts at the reference
     assert st["loss"] < st["initial_loss"] and st["margin"] > 0
     assert st["margin"] == pytest.approx(st["chosen_reward"] - st["rejected_reward"], abs=1e-5)
-    assert 0.0 <= st["reward_accuracy"] <= 1.0
-    assert any("dpo/reward_accuracy" in m for _, m in seen)
+    # Every pair prefers the same reply ("the river museum") over random words, so training must
+    # move the reward accuracy: 0 at step 1 (policy == reference: every reward is 0, none is
+    # higher), most pairs ranked right by the last step.
+    accuracy = [m["dpo/reward_accuracy"] for _, m in sorted(seen, key=lambda x: x[0]) if "dpo/reward_accuracy" in m]
+    assert accuracy[0] == 0.0
+    assert st["reward_accuracy"] == accuracy[-1] >= 0.75
     log = [json.loads(l) for l in (res.path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("sample" in row for row in log)
     # the reference (the SFT input) is untouched; the policy moved
