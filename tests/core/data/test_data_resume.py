@@ -60,10 +60,16 @@ def _kill_when(proc: subprocess.Popen, work: Path, n: int, timeout: float = 120.
     pytest.fail("no finished parts appeared")
 
 
-def _cli(stage: str, toml: Path, *args: str) -> subprocess.Popen:
+def _cli(stage: str, toml: Path, inputs: dict[str, Path], out: Path, work: Path) -> subprocess.Popen:
+    """The stage CLI as a launcher runs it: write the spec, then run the stage from it."""
     env = os.environ | {"PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", f"wikigpt_core.data.{stage}", "--profile", "tiny",
-                             "--config", str(toml), *args], env=env, stderr=subprocess.PIPE, text=True)
+    spec = out.parent / f"{stage}.spec.json"
+    subprocess.run([sys.executable, "-m", "wikigpt_core.run", stage, "--write-spec", str(spec),
+                    "--profile", "tiny", "--config", str(toml), "--out", str(out), "--work", str(work),
+                    *[a for name, d in inputs.items() for a in ("--input", f"{name}={d}")]],
+                   env=env, check=True, capture_output=True, text=True)
+    return subprocess.Popen([sys.executable, "-m", "wikigpt_core.run", stage, "--spec", str(spec)],
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
 
 
 def test_killed_extraction_resumes_from_finished_parts(settings, tmp_path):
@@ -71,7 +77,7 @@ def test_killed_extraction_resumes_from_finished_parts(settings, tmp_path):
     toml = tmp_path / "o.toml"
     toml.write_text("[clean]\npart_pages = 8\nworkers = 1\n")
     work = tmp_path / "work_clean"
-    proc = _cli("clean", toml, "--dump-dir", str(dump.path), "--out", str(tmp_path / "clean"), "--work", str(work))
+    proc = _cli("cleaned_articles", toml, {"wiki_dump": dump.path}, tmp_path / "clean", work)
     killed_with = _kill_when(proc, work, 3)
     assert not (tmp_path / "clean").exists(), "a killed run publishes nothing"
     cfg = dataclasses.replace(settings.clean, part_pages=8, workers=1)
@@ -92,8 +98,8 @@ def test_killed_tokenization_resumes_from_finished_parts(settings, tmp_path):
     toml = tmp_path / "o.toml"
     toml.write_text("[shards]\nbatch_docs = 2\n")
     work = tmp_path / "work_shards"
-    proc = _cli("shards", toml, "--corpus-dir", str(corpus.path), "--tokenizer-dir", str(tok.path),
-                "--out", str(tmp_path / "shards"), "--work", str(work))
+    proc = _cli("token_shards", toml, {"deduped_corpus": corpus.path, "tokenizer": tok.path},
+                tmp_path / "shards", work)
     _kill_when(proc, work, 2)
     assert not (tmp_path / "shards").exists()
     cfg = dataclasses.replace(settings.shards, batch_docs=2)

@@ -102,11 +102,14 @@ def test_shards_contract(pipeline):
     assert tok.decode(train.tolist()).count(first_val[:200]) == 0
 
 
-@pytest.mark.parametrize("stage", ["dump", "clean", "dedup", "tokenizer_train", "shards"])
-def test_cli_help(stage):
-    out = subprocess.run([sys.executable, "-m", f"wikigpt_core.data.{stage}", "--help"],
+def test_data_stages_are_on_the_stage_cli():
+    out = subprocess.run([sys.executable, "-m", "wikigpt_core.run", "--list"],
                          capture_output=True, text=True, check=True).stdout
-    assert "--profile" in out and "--out" in out
+    listed = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    for stage, inputs in [("wiki_dump", "-"), ("cleaned_articles", "wiki_dump"),
+                          ("deduped_corpus", "cleaned_articles"), ("tokenizer", "deduped_corpus"),
+                          ("token_shards", "deduped_corpus,tokenizer")]:
+        assert f"inputs={inputs} " in listed[stage] and "in-process" in listed[stage], listed[stage]
 
 
 def test_local_multistream_source_brings_its_index(tmp_path, sample_split):
