@@ -10,7 +10,11 @@
 - the stage (WIKIGPT_STAGE) and its args (WIKIGPT_STAGE_ARGS) travel in `envs`; the YAML's
   `run` evaluates the args, so `~` expands on the remote machine;
 - Dagster Pipes' bootstrap variables and extra envs are added to `envs`;
-- secrets (HF_TOKEN, WANDB_API_KEY) are filled from this process's environment, never logged.
+- secrets (HF_TOKEN, WANDB_API_KEY) are filled from this process's environment, never logged;
+- several GPUs (`RTX4090:4`) are used by `sky/run_stage.sh`, which starts the stage under
+  torchrun with one process per GPU ($SKYPILOT_NUM_GPUS_PER_NODE); `num_nodes > 1` adds
+  SkyPilot's node rank and head IP, on clouds that offer several nodes (vast.ai does not:
+  planning that is refused here, before anything is rented).
 """
 from __future__ import annotations
 
@@ -38,6 +42,10 @@ class PlanError(ValueError):
     """The stage cannot be planned for remote execution; the message says what to fix."""
 
 
+SINGLE_NODE_CLOUDS = ("vast",)
+"""Clouds (SkyPilot infra names) that rent single machines only: no multi-node jobs."""
+
+
 @dataclass
 class RemotePlan:
     config: dict[str, Any]
@@ -55,6 +63,10 @@ class RemotePlan:
         if isinstance(acc, dict) and acc:
             return int(next(iter(acc.values())))
         return 1 if acc else 0
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.config.get("num_nodes") or 1)
 
 
 def cluster_name(stage: str, run_key: str) -> str:
@@ -170,6 +182,7 @@ def plan_task(
     accelerators: str | None = None,
     use_spot: bool = False,
     hub_repo: str | None = None,
+    num_nodes: int | None = None,
 ) -> RemotePlan:
     """Build the task config (see module docstring). `environ` defaults to os.environ and is
     where WIKIGPT_PROFILE, WIKIGPT_CONFIG and the secrets are read from."""
@@ -216,6 +229,9 @@ def plan_task(
     if use_spot:
         resources["use_spot"] = True
     config["resources"] = resources
+    if num_nodes is not None:
+        config["num_nodes"] = num_nodes
+    check_nodes(config)
     return RemotePlan(config=config, outputs=mapper.remote_outputs, remote_args=args)
 
 
@@ -228,6 +244,22 @@ def _write_spec(spec: dict) -> Path:
     path = Path(tempfile.gettempdir()) / f"wikigpt-spec-{hashlib.sha256(blob).hexdigest()[:16]}.json"
     path.write_bytes(blob)
     return path
+
+
+def check_nodes(config: Mapping[str, Any]) -> None:
+    """Refuse a multi-node task on a cloud that has only single machines (before renting)."""
+    nodes = config.get("num_nodes")
+    nodes = 1 if nodes is None else nodes
+    if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
+        raise PlanError(f"num_nodes must be a whole number >= 1, got {nodes!r}")
+    infra = str((config.get("resources") or {}).get("infra") or "")
+    cloud = infra.split("/")[0].lower()
+    if nodes > 1 and cloud in SINGLE_NODE_CLOUDS:
+        raise PlanError(
+            f"num_nodes = {nodes} on infra {infra!r}: vast.ai rents single machines, so a stage "
+            "cannot span several nodes there. Use more GPUs on one node instead (accelerators "
+            "`RTX4090:4` trains with torchrun over 4 GPUs), or a cloud with multi-node clusters "
+            "(ComputeLauncher.infra, e.g. `aws` or `gcp`).")
 
 
 def redacted(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,10 @@ class ComputeLauncher(dg.ConfigurableResource):
         default=None, description="Override the YAML's infra (e.g. `vast`, `runpod`).")
     accelerators: Optional[str] = Field(
         default=None, description="Override the YAML's accelerators (e.g. `RTX4090:1`).")
+    num_nodes: Optional[int] = Field(
+        default=None,
+        description="Override the YAML's num_nodes: > 1 spans several machines (torchrun with "
+                    "SkyPilot's node rank and IPs); refused on vast.ai, which rents single machines.")
     use_spot: bool = Field(
         default=False,
         description="Interruptible instances through SkyPilot managed jobs (needs hub_repo: "

@@ -13,7 +13,9 @@ One `run_stage` call:
    ~/.ssh/config, or the HF Hub for managed spot jobs), each published atomically and
    checked against the content hash the stage reported;
 6. tears the cluster down in `finally` (`down: true` autostop does not fire after a failed
-   setup), and records wall time, GPU hours and cost as metadata.
+   setup), and records wall time, GPU hours, cost and the box's `setup_seconds` (how long the
+   YAML's `setup` took, printed by `sky/run_stage.sh` as a `WIKIGPT_SETUP_SECONDS=` line) as
+   metadata.
 
 `use_spot` goes through managed jobs (`sky.jobs.launch`): SkyPilot relaunches a preempted job
 and the stage resumes from checkpoints that its run script syncs to the HF Hub.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -44,6 +47,22 @@ from wikigpt_pipeline.launchers.remote_plan import (
     redacted,
 )
 from wikigpt_pipeline.launchers.results import StageLaunchError, build_result
+
+SETUP_SECONDS_LINE = re.compile(r"WIKIGPT_SETUP_SECONDS=(\d+(?:\.\d+)?)")
+"""The line sky/run_stage.sh prints with the duration of the task's setup (sky/setup.sh)."""
+
+
+class _SetupTimeReader(LogStreamMessageReader):
+    """The log-stream Pipes reader that also picks the setup duration out of the job log."""
+
+    setup_seconds: float | None = None
+
+    def feed_line(self, line: str) -> None:
+        found = SETUP_SECONDS_LINE.search(line)
+        if found:
+            self.setup_seconds = float(found.group(1))  # the last one wins (a spot recovery reruns setup)
+        super().feed_line(line)
+
 
 ACTIVE_JOB = {"INIT", "PENDING", "SETTING_UP", "RUNNING", "SUCCEEDED"}
 """Job states worth re-attaching to (a SUCCEEDED job's log still holds every Pipes message)."""
@@ -85,6 +104,7 @@ class SkyPilotLauncher:
     accelerators: str | None = None
     use_spot: bool = False
     hub_repo: str | None = None
+    num_nodes: int | None = None
     keep_cluster: bool = False
     hourly_price_usd: float | None = None
     sky: Any = None
@@ -96,7 +116,7 @@ class SkyPilotLauncher:
     def from_resource(cls, res) -> "SkyPilotLauncher":
         return cls(sky_dir=res.sky_dir_path(), workdir=res.workdir_path(), env=dict(res.env),
                    infra=res.infra, accelerators=res.accelerators, use_spot=res.use_spot,
-                   hub_repo=res.hub_repo, keep_cluster=res.keep_cluster,
+                   hub_repo=res.hub_repo, num_nodes=res.num_nodes, keep_cluster=res.keep_cluster,
                    hourly_price_usd=res.hourly_price_usd, rsync_ssh=res.rsync_ssh, sky=load_sky())
 
     # ------------------------------------------------------------------ entry point
@@ -114,8 +134,8 @@ class SkyPilotLauncher:
         plan = plan_task(sky_dir=self.sky_dir, stage=stage, cli_args=cli_args, outputs=outputs,
                          workdir=self.workdir, envs=self.env, infra=self.infra,
                          accelerators=self.accelerators, use_spot=self.use_spot,
-                         hub_repo=self.hub_repo)
-        reader = LogStreamMessageReader()
+                         hub_repo=self.hub_repo, num_nodes=self.num_nodes)
+        reader = _SetupTimeReader()
         t0 = self.clock()
         hourly: float | None = None
         with dg.open_pipes_session(context=context, context_injector=dg.PipesEnvContextInjector(),
@@ -136,16 +156,19 @@ class SkyPilotLauncher:
                 seconds = self.clock() - t0
                 self._teardown(context, cluster, managed=self.use_spot)
         hourly = hourly if hourly is not None else self.hourly_price_usd
-        gpu_hours = seconds / 3600 * max(plan.accelerator_count, 1)
+        gpu_hours = seconds / 3600 * max(plan.accelerator_count, 1) * plan.num_nodes
         figures: dict[str, Any] = {
             "backend": "skypilot-spot" if self.use_spot else "skypilot",
             "cluster": cluster, "job_id": str(job_id), "wall_seconds": round(seconds, 1),
             "gpu_hours": round(gpu_hours, 4),
             "accelerators": str(plan.config["resources"].get("accelerators", "")),
+            "num_nodes": plan.num_nodes,
         }
+        if reader.setup_seconds is not None:
+            figures["setup_seconds"] = reader.setup_seconds
         if hourly is not None:
             figures["hourly_price_usd"] = round(hourly, 4)
-            figures["cost_usd"] = round(hourly * seconds / 3600, 4)
+            figures["cost_usd"] = round(hourly * seconds / 3600 * plan.num_nodes, 4)  # price is per node
         return build_result(stage, session.get_reported_results(), session.get_custom_messages(),
                             figures)
 
