@@ -201,7 +201,7 @@ class SFTDataConfig:
     min_english_ratio: float = 0.25
     """Minimum share of common English function words in the passage (language filter)."""
     min_examples: int | None = None
-    """The stage fails when fewer examples than this result (None: half of n_examples)."""
+    """The stage fails when fewer examples than this result (None: a quarter of n_examples)."""
 
 
 @dataclass
@@ -216,7 +216,7 @@ class PreferenceConfig:
     min_margin: float = 0.5
     """Judge score gap (1-10 scale, averaged over both orders) below which a pair is dropped."""
     min_pairs: int | None = None
-    """The stage fails when fewer pairs than this result (None: a quarter of n_prompts)."""
+    """The stage fails when fewer pairs than this result (None: a tenth of n_prompts, at least 1)."""
 
 
 @dataclass

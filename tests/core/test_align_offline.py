@@ -97,3 +97,14 @@ def test_false_premises_are_distinct_and_respect_exclusions():
         if any(f.question.startswith(p) for p in person_only):
             assert "Marie Curie" in f.question
     assert all(f.reason for f in fps)
+
+
+@pytest.mark.parametrize("profile", ["124m", "350m"])
+def test_big_profiles_use_a_real_teacher_unless_the_rules_are_named(profile):
+    from wikigpt_core.config import apply_overrides, load_settings
+
+    settings = load_settings(profile, env=False)
+    assert settings.teacher.backend == "openai"
+    named = apply_overrides(settings, {"teacher": {"backend": "offline"}})
+    assert named.teacher.backend == "offline"
+    assert load_settings("tiny", env=False).teacher.backend == "offline"  # the CPU demo needs no server

@@ -104,7 +104,7 @@ def _entities(sft_dataset_dir: Path, rows: list[dict[str, Any]]) -> dict[str, st
 
 
 def min_pairs(cfg: PreferenceConfig) -> int:
-    return cfg.n_prompts // 4 if cfg.min_pairs is None else cfg.min_pairs
+    return max(1, cfg.n_prompts // 10) if cfg.min_pairs is None else cfg.min_pairs
 
 
 def run_preferences(cfg: PreferenceConfig, teacher_cfg: TeacherConfig, sft_checkpoint_dir: Path,

@@ -184,7 +184,7 @@ def build_examples(cfg: SFTDataConfig, teacher: Teacher, passages: list[Passage]
 
 
 def min_examples(cfg: SFTDataConfig) -> int:
-    return cfg.n_examples // 2 if cfg.min_examples is None else cfg.min_examples
+    return max(1, cfg.n_examples // 4) if cfg.min_examples is None else cfg.min_examples
 
 
 def run_sft_data(cfg: SFTDataConfig, teacher_cfg: TeacherConfig, corpus_dir: Path, out: Path,
