@@ -127,3 +127,71 @@ def test_release_loads(settings):
     (path / "model.safetensors").write_bytes(b"\x00" * 16)  # truncated weights
     result = run_check(settings, "release_loads")
     assert not result.passed and "could not check hf_release" in result.description
+
+
+def test_lm_eval_ran_warns_when_the_benchmarks_could_not_run(settings):
+    from wikigpt_core.eval.lm_harness import LM_EVAL_FILE, LmEvalOutcome
+
+    path = _dir(settings, "eval_report")
+    assert run_check(settings, "lm_eval_ran").passed  # no outcome file: benchmarks off
+    (path / LM_EVAL_FILE).write_text(json.dumps(LmEvalOutcome(
+        "unavailable", tasks=["hellaswag"], reason="could not load the task datasets (no Hub)").to_json()))
+    result = run_check(settings, "lm_eval_ran")
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+    assert "no Hub" in result.description
+    (path / LM_EVAL_FILE).write_text(json.dumps(LmEvalOutcome(
+        "ok", tasks=["hellaswag"], results={"base": {"hellaswag": {"acc": 0.25}}}).to_json()))
+    assert run_check(settings, "lm_eval_ran").passed
+
+
+def _checkpoint(path, model, tokenizer_dir):
+    import shutil
+
+    from wikigpt_core.model_io import save_model
+
+    save_model(model, path)
+    shutil.copyfile(tokenizer_dir / "tokenizer.json", path / "tokenizer.json")
+
+
+def _collapsed(model, end_id: int):
+    """Every embedding shares one direction and the tied <|end|> row is a large multiple of it:
+    the model answers every prompt with <|end|> at once (the same empty string)."""
+    import torch
+
+    with torch.no_grad():
+        u = torch.ones(model.config.n_embd)
+        model.tok_emb.weight.mul_(0.01).add_(u)
+        model.tok_emb.weight[end_id] = 2.0 * u
+    return model
+
+
+def test_dpo_stays_near_sft(settings, tmp_path):
+    import torch
+
+    from tests.core.test_release_support import random_model, train_tokenizer
+
+    tok = train_tokenizer(tmp_path / "tok")
+    ids = tok.encode("Paris is the capital of France. The sky is blue because air scatters light. " * 40)
+    np.array(ids, dtype=np.uint16).tofile(_dir(settings, "token_shards") / "val.bin")
+    sft = random_model(tok.vocab_size, seed=3, block_scale=4.0)
+    _checkpoint(_dir(settings, "sft_checkpoint"), sft, tmp_path / "tok")
+
+    _checkpoint(_dir(settings, "dpo_checkpoint"), sft, tmp_path / "tok")  # DPO that changed nothing
+    result = run_check(settings, "dpo_stays_near_sft")
+    assert result.passed, result.description
+    assert result.metadata["ratio"].value == pytest.approx(1.0)
+    assert result.metadata["distinct_greedy_replies"].value > 1
+
+    bad = _collapsed(random_model(tok.vocab_size, seed=3, block_scale=4.0), tok.end_id)
+    _checkpoint(_dir(settings, "dpo_checkpoint"), bad, tmp_path / "tok")
+    result = run_check(settings, "dpo_stays_near_sft")
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+    assert result.metadata["distinct_greedy_replies"].value == 1 and "collapsed" in result.description
+
+    drifted = random_model(tok.vocab_size, seed=3, block_scale=4.0)
+    with torch.no_grad():  # a DPO step too far: the LM head (tied embedding) scrambled
+        drifted.tok_emb.weight.copy_(torch.randn_like(drifted.tok_emb.weight) * 3.0)
+    _checkpoint(_dir(settings, "dpo_checkpoint"), drifted, tmp_path / "tok")
+    result = run_check(settings, "dpo_stays_near_sft")
+    assert not result.passed and result.metadata["ratio"].value > settings.eval.dpo_ppl_max_ratio
+    assert "PPL" in result.description and result.severity == dg.AssetCheckSeverity.WARN
