@@ -49,9 +49,11 @@ def clean_sentence(s: str) -> bool:
 
 
 def article_passages(article: dict, passage_chars: int, max_passages: int,
-                     min_english_ratio: float) -> tuple[list[Passage], int]:
+                     min_english_ratio: float, language: str = "en") -> tuple[list[Passage], int]:
     """Pack consecutive clean sentences into passages of up to `passage_chars` characters.
     A sentence that fails `clean_sentence` ends the current passage (keeps passages coherent).
+    `language` is the corpus language (`wikigpt_core.data.language.artifact_language`): English
+    passages keep the function-word test, others need py3langid's probability >= 0.5.
     Returns (passages, dropped_for_language)."""
     out: list[Passage] = []
     dropped_language = 0
@@ -63,7 +65,7 @@ def article_passages(article: dict, passage_chars: int, max_passages: int,
         current.clear()
         if len(text) < passage_chars // 3 or len(out) >= max_passages:
             return
-        if T.english_ratio(text) < min_english_ratio:
+        if not _in_language(text, language, min_english_ratio):
             dropped_language += 1
             return
         pid = int(article["id"]) * PASSAGES_PER_ARTICLE_LIMIT + len(out)
@@ -79,3 +81,11 @@ def article_passages(article: dict, passage_chars: int, max_passages: int,
             current.append(s)
     flush()
     return out, dropped_language
+
+
+def _in_language(text: str, language: str, min_english_ratio: float) -> bool:
+    if language == "en":
+        return T.english_ratio(text) >= min_english_ratio
+    from wikigpt_core.data.language import language_probability
+
+    return language_probability(text, language) >= 0.5

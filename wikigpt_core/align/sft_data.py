@@ -22,6 +22,7 @@ from wikigpt_core.align.passages import (PASSAGES_PER_ARTICLE_LIMIT, CorpusError
 from wikigpt_core.align.teacher import ExampleSpec, Teacher, make_teacher
 from wikigpt_core.artifacts import ArtifactWriter, StageResult
 from wikigpt_core.config import SFTDataConfig, TeacherConfig
+from wikigpt_core.data.language import artifact_language
 from wikigpt_core.llm import text as T
 from wikigpt_core.llm.budget import FailureBudget, request_cap
 from wikigpt_core.llm.client import Failure
@@ -193,10 +194,11 @@ def run_sft_data(cfg: SFTDataConfig, teacher_cfg: TeacherConfig, corpus_dir: Pat
     Raises TeacherBudgetError, publishing nothing, when the teacher's replies fail or are
     rejected too often, the request cap is spent, or fewer than the minimum examples result."""
     articles = read_corpus(corpus_dir)
+    language = artifact_language(Path(corpus_dir))  # the corpus language cleaning filtered for
     max_pp = min(cfg.max_passages_per_article, PASSAGES_PER_ARTICLE_LIMIT)
     per_article, dropped_lang = [], 0
     for a in sorted(articles, key=lambda a: hashlib.sha1(f"{cfg.seed}:{a['id']}".encode()).hexdigest()):
-        ps, d = article_passages(a, cfg.passage_chars, max_pp, cfg.min_english_ratio)
+        ps, d = article_passages(a, cfg.passage_chars, max_pp, cfg.min_english_ratio, language)
         dropped_lang += d
         if ps:
             per_article.append(ps)
