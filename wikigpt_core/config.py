@@ -332,7 +332,7 @@ def _preset(name: str) -> Settings:
                                  sample_interval=150, ckpt_interval=100, log_interval=25),
             teacher=TeacherConfig(),
             sft_data=SFTDataConfig(n_examples=600, heldout_fraction=0.1, passage_chars=400),
-            sft=TrainConfig(max_steps=120, batch_size=8, grad_accum=1, lr=1e-3,
+            sft=TrainConfig(max_steps=200, batch_size=8, grad_accum=1, lr=1e-3,
                             warmup_steps=10, eval_interval=60, eval_iters=4,
                             sample_interval=60, ckpt_interval=60, log_interval=20),
             preference=PreferenceConfig(n_prompts=64, max_new_tokens=48),
