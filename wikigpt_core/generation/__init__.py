@@ -27,6 +27,10 @@ def generate_ids(model, prompts: list[list[int]], params: list[SamplingParams], 
                  max_batch: int = 8) -> list[Sequence]:
     """Continue each prompt with its params (batched); returns the finished sequences."""
     seqs = [Sequence(list(p), prm, tok) for p, prm in zip(prompts, params, strict=True)]
+    # Decode with the plain module: a torch.compile wrapper would recompile for every new
+    # sequence length, a DDP wrapper would try to synchronise. Both keep it as an attribute.
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
     training = model.training
     model.eval()
     try:
