@@ -31,7 +31,7 @@ if [ "${image_torch%%+*}" != "$pinned" ]; then
   exit 3
 fi
 echo "torch==$image_torch" > "$io/torch-constraint.txt"
-python -m pip install --quiet --constraint "$io/torch-constraint.txt" -e .
+python -m pip install --quiet --constraint "$io/torch-constraint.txt" -e ".[wandb]"  # W&B logs online when WANDB_API_KEY is set
 after="$(python -c 'import torch; print(torch.__version__)')"
 if [ "$after" != "$image_torch" ]; then
   echo "setup: torch changed from $image_torch to $after during the install" >&2

@@ -183,7 +183,7 @@ def _teacher(spec: StageSpec):
 
 EVAL_INPUTS = (*CHECKPOINTS.values(), "token_shards", "sft_dataset")
 _TRAINING = dict(group="training", kinds=("pytorch", "safetensors"), launched=True, gpu=True,
-                 preview="training_samples")
+                 preview="training")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("wiki_dump", _wiki_dump, (), ("dump",), "1", "data", ("bz2",), network=True),

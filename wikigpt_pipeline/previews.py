@@ -114,3 +114,8 @@ def eval_report(path: Path) -> dict[str, dg.MetadataValue]:
 
 def model_card(path: Path) -> dict[str, dg.MetadataValue]:
     return {"model_card": _md((path / "README.md").read_text())}
+
+
+def training(path: Path) -> dict[str, dg.MetadataValue]:
+    """A checkpoint's page: its loss curve (and DPO's reward chart) and its sample generations."""
+    return {**loss_curve(path), **training_samples(path)}

@@ -105,11 +105,24 @@ def test_flops_and_gpu_peaks():
     assert gpu_peak_flops("Tesla T4") is None  # unknown: no MFU rather than a wrong one
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo"])
-def test_stage_cli_help(stage):
+@pytest.mark.parametrize("stage", ["base_checkpoint", "sft_checkpoint", "dpo_checkpoint"])
+def test_stage_cli_writes_a_spec_only_from_its_flags(stage, tmp_path):
+    """The one stage CLI resolves a spec for a training stage from flags, not the environment."""
+    import json
+    import os
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", f"wikigpt_core.{stage}", "--help"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "--out" in done.stdout and "--work" in done.stdout
+    env = os.environ | {"WIKIGPT_PROFILE": "124m", "WIKIGPT_HOME": str(tmp_path)}
+    spec = tmp_path / "spec.json"
+    ins = {"base_checkpoint": ["token_shards", "tokenizer"], "sft_checkpoint": ["base_checkpoint", "sft_dataset"],
+           "dpo_checkpoint": ["sft_checkpoint", "preference_dataset"]}[stage]
+    args = [a for name in ins for a in ("--input", f"{name}={tmp_path / name}")]
+    for name in ins:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data.bin").write_bytes(name.encode())
+    done = subprocess.run([sys.executable, "-m", "wikigpt_core.run", stage, "--write-spec", str(spec), *args],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(spec.read_text())
+    assert data["profile"] == "tiny" and set(data["inputs"]) == set(ins)  # --profile default, not the env

@@ -232,7 +232,8 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
         "\nThe 20-prompt gallery (all three checkpoints, temperature 0.7, top-p 0.9, kept verbatim, "
         "failures included) is in `gallery.md`.\n",
         "## Chat format\n",
-        "`<|user|>{content}<|end|><|assistant|>{content}<|end|>` per turn; no system prompt and no "
+        "`<|user|>{content}<|end|><|assistant|>{content}<|end|>` per turn; a `system` message is "
+        "folded into the first user turn (the model was never trained with a system role); no "
         "newlines around the special tokens; a prompt for generation ends with `<|assistant|>`; "
         "generation stops at `<|end|>`. The tokenizer carries this as its chat template:\n",
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
@@ -250,7 +251,7 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
         + ("- English only.\n" if language == "en" else
            f"- Pretrained on `{language}` text; the SFT/DPO teacher prompts and the gallery are English.\n")
         + f"- Knowledge is frozen at the dump date ({fmt(dump_date)}).\n"
-        f"- {fmt(c.block_size)}-token context; longer conversations are cropped from the left.\n"
+        f"- {fmt(c.block_size)}-token context; longer conversations lose their oldest exchanges first.\n"
         "- No safety tuning beyond false-premise refusals.\n",
         "## License\n",
         "CC BY-SA 4.0 (see `LICENSE`). The weights are trained on Wikipedia text, whose "

@@ -56,6 +56,8 @@ class Checkpointer:
         self.dir = self.root / key
         self.interval, self.keep = max(interval, 1), max(keep_last_k, 1)
         self.enabled = enabled  # False on DDP ranks other than 0: only rank 0 writes
+        self.saved = 0
+        """Checkpoints this process wrote (reported in the stage's stats)."""
         if enabled:
             self._clear_stale(key)
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -90,6 +92,7 @@ class Checkpointer:
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
+        self.saved += 1
         for old in self.checkpoints()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final

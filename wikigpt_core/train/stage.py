@@ -54,7 +54,8 @@ def run_training(stage: str, *, model: torch.nn.Module, objective, data, train_c
         state = trainer.train()
     finally:
         logger.close()
-    stats = {"steps": state.step, "seconds": round(state.seconds, 3), **summarize(state)}
+    stats = {"steps": state.step, "seconds": round(state.seconds, 3), "checkpoints_saved": ckpt.saved,
+             **summarize(state)}
     stats = {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))}  # no None
     result = StageResult(path=Path(out), content_hash="", stats=stats)
     if runtime.is_main:
