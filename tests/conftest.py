@@ -97,19 +97,28 @@ class Materialized:
     instance: dg.DagsterInstance
     defs: dg.Definitions
     settings: Settings
-    result: dg.ExecuteInProcessResult
+    run_id: str
+    stdout: str
+    """What `wikigpt run` printed."""
 
     def artifact(self, asset: str) -> Path:
         """The asset's current version (the directory its latest materialization wrote)."""
         return (self.home / self.settings.profile / asset / "current").resolve()
 
+    def events(self, event_type: dg.DagsterEventType) -> list:
+        return [e.dagster_event for e in self.instance.all_logs(self.run_id, of_type=event_type)]
+
 
 @pytest.fixture(scope="session")
 def materialized(tmp_path_factory) -> Materialized:
-    from wikigpt_pipeline.jobs import PIPELINE_JOB
-    from wikigpt_pipeline.project import build_definitions
+    """The README's first command, `wikigpt run`, as a real subprocess on the embedded default
+    (the tiny profile and the enwiki sample), into a temp WIKIGPT_HOME and Dagster instance."""
+    import os
+    import subprocess
+    import sys
 
     from wikigpt_pipeline.instance import get_instance
+    from wikigpt_pipeline.project import build_definitions
 
     home = tmp_path_factory.mktemp("wikigpt_home")
     with pytest.MonkeyPatch.context() as mp:
@@ -117,10 +126,12 @@ def materialized(tmp_path_factory) -> Materialized:
         # `wikigpt` CLI run as a subprocess sees the same history and staleness.
         mp.setenv("WIKIGPT_HOME", str(home))
         mp.setenv("DAGSTER_HOME", str(home / "dagster"))
+        done = subprocess.run([sys.executable, "-m", "wikigpt_pipeline.cli", "run"], env=dict(os.environ),
+                              capture_output=True, text=True, timeout=3_000)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         instance = get_instance()
+        (run,) = instance.get_runs(limit=1)
+        assert run.status == dg.DagsterRunStatus.SUCCESS
         settings = load_settings("tiny")
-        defs = build_definitions(settings)
-        result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(instance=instance)
-        assert result.success
-        yield Materialized(home, instance, defs, settings, result)
+        yield Materialized(home, instance, build_definitions(settings), settings, run.run_id, done.stdout)
         instance.dispose()

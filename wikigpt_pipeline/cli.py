@@ -155,7 +155,8 @@ def _ui(args) -> int:
 
     ensure_dagster_home()
     repo = Path(__file__).resolve().parents[1]
-    cmd = ["dagster", "dev", "-w", str(repo / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(args.port)]
+    dagster = Path(sys.executable).parent / "dagster"  # this environment's, not whichever is on PATH
+    cmd = [str(dagster) if dagster.exists() else "dagster", "dev", "-w", str(repo / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(args.port)]
     print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}; {' '.join(cmd)}", flush=True)
     return subprocess.call(cmd, cwd=repo)
 

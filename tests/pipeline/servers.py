@@ -29,13 +29,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def dagster_process(kind: str, env: dict[str, str], log: Path, timeout: float = 180) -> Iterator[str]:
-    """`kind` is "webserver" (dagster-webserver) or "dev" (dagster dev: webserver + daemon)."""
+    """`kind` is "webserver" (dagster-webserver) or "dev" (`wikigpt ui`, the README's way to
+    start `dagster dev`: webserver + daemon on the persistent DAGSTER_HOME)."""
     port = free_port()
     bin_dir = Path(sys.executable).parent
     if kind == "webserver":
         cmd = [str(bin_dir / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
     else:
-        cmd = [str(bin_dir / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+        cmd = [sys.executable, "-m", "wikigpt_pipeline.cli", "ui", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ | env, stdout=out, stderr=subprocess.STDOUT,

@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import dagster as dg
 import torch
 
 from wikigpt_core.artifacts import content_hash, read_manifest
@@ -22,11 +23,31 @@ ASSETS = ASSET_NAMES  # the registry's order: dump to release
 
 
 def _metadata(materialized, asset):
-    for event in materialized.result.get_asset_materialization_events():
+    for event in materialized.events(dg.DagsterEventType.ASSET_MATERIALIZATION):
         mat = event.event_specific_data.materialization
         if mat.asset_key.to_user_string() == asset:
             return mat
     raise AssertionError(f"{asset} was not materialized")
+
+
+def test_wikigpt_run_prints_every_asset_and_succeeds(materialized):
+    out = materialized.stdout
+    assert "succeeded in" in out and f"run {materialized.run_id}" in out
+    for asset in ASSETS:
+        assert str(materialized.artifact(asset)) in out  # each asset's version dir is printed
+
+
+def test_wikigpt_status_shows_everything_fresh(materialized):
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "wikigpt_pipeline.cli", "status"], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip()]
+    assert [r[0] for r in rows] == list(ASSETS)
+    assert all(r[1] == "FRESH" for r in rows), done.stdout
 
 
 def test_all_twelve_assets_materialized_with_path_and_data_version(materialized):
@@ -95,7 +116,8 @@ def test_release_weights_load_back_with_identical_logits(materialized):
 
 
 def test_asset_checks_all_ran(materialized):
-    evaluations = materialized.result.get_asset_check_evaluations()
+    evaluations = [e.event_specific_data for e in
+                   materialized.events(dg.DagsterEventType.ASSET_CHECK_EVALUATION)]
     names = {e.check_name for e in evaluations}
     assert {"dedup_fraction_in_band", "specials_and_round_trip", "ids_below_vocab",
             "untrained_loss_near_ln_vocab", "loss_fraction_in_band", "release_loads"} <= names
