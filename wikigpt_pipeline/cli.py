@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--profile", choices=["tiny", "124m", "350m"], help="sets WIKIGPT_PROFILE")
         p.add_argument("--dump", help="sets WIKIGPT_DUMP: sample, a local .xml.bz2, or enwiki/YYYYMMDD")
+        if name in ("run", "refresh"):
+            p.add_argument("--verbose", action="store_true",
+                           help="print Dagster's full event stream, not one line per asset")
         if name in ("refresh", "gc"):
             p.add_argument("--dry-run", action="store_true",
                            help="print what would run and why" if name == "refresh" else "only list what would go")
@@ -51,6 +54,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.dump:
         os.environ["WIKIGPT_DUMP"] = args.dump
     return {"run": _run, "refresh": _refresh, "status": _status, "gc": _gc, "ui": _ui}[args.command](args)
+
+
+def _quiet_run_config(args) -> dict:
+    """Unless --verbose: one progress line per asset (wikigpt.progress), Dagster's own console
+    log at WARNING and no library preview notices. The UI keeps the full log either way."""
+    if getattr(args, "verbose", False):
+        return {}
+    import logging
+    import warnings
+
+    import dagster as dg
+
+    for category in (dg.PreviewWarning, dg.BetaWarning):
+        warnings.filterwarnings("ignore", category=category)
+    progress = logging.getLogger("wikigpt.progress")
+    if not progress.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%H:%M:%S"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
+    return {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _load():
@@ -69,7 +94,8 @@ def _run(args) -> int:
     print(f"WikiGPT: profile={settings.profile} dump={settings.dump.source} "
           f"WIKIGPT_HOME={wikigpt_home()} DAGSTER_HOME={os.environ['DAGSTER_HOME']}", flush=True)
     t0 = time.time()
-    result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+        instance=instance, raise_on_error=False, run_config=_quiet_run_config(args))
     _print_summary(result)
     print(f"{'succeeded' if result.success else 'FAILED'} in {time.time() - t0:.0f}s; "
           f"run {result.run_id} is in the UI (`wikigpt ui`).")
@@ -114,7 +140,7 @@ def _refresh(args) -> int:
     def on_pass(i, statuses):
         print(f"pass {i}: {', '.join(s.key for s in statuses)}", flush=True)
 
-    passes = staleness.refresh(instance, defs, on_pass=on_pass)
+    passes = staleness.refresh(instance, defs, on_pass=on_pass, run_config=_quiet_run_config(args))
     print(f"fresh after {len(passes)} pass(es)" if passes else "nothing is stale")
     return 0
 

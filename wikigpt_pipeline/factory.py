@@ -18,7 +18,9 @@ Either way the asset's `current` pointer moves to that version. Versioning:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -36,6 +38,9 @@ from wikigpt_pipeline.dump_source import DUMP_SOURCE, identity_for_run
 from wikigpt_pipeline.metadata import materialize_result, to_metadata
 from wikigpt_pipeline.retries import retry_transient_only
 
+PROGRESS = logging.getLogger("wikigpt.progress")
+"""One line per asset as it starts and ends; `wikigpt run` / `refresh` print it (the full event
+stream stays in the UI and behind --verbose)."""
 GPU_POOL = "gpu"  # one GPU stage at a time; see dagster.yaml
 RECOMPUTE_TAG = "wikigpt/recompute"
 """Run tag: "true" runs the stages even where their version is complete (e.g. to check that a
@@ -60,7 +65,9 @@ class ContextReporter(StageReporter):
     def _emit_metrics(self, metrics, step: int) -> None:
         from wikigpt_core.pipes_bridge import _format_metrics
 
-        self.context.log.info(f"[{self.stage}] {_format_metrics(metrics, step)}")
+        line = _format_metrics(metrics, step)
+        self.context.log.info(f"[{self.stage}] {line}")
+        PROGRESS.info(f"{self.stage:<20}   {line}")
 
 
 def is_complete(out: Path) -> bool:
@@ -130,6 +137,8 @@ def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
         spec = resolve_spec(settings, stage.name, fingerprint_=run_fp)
         figures: dict = {}  # what the run's services cost (a rented teacher)
         hit = is_complete(spec.out) and context.run.tags.get(RECOMPUTE_TAG) != "true"
+        t0 = time.monotonic()
+        PROGRESS.info(f"{stage.name:<20} {'cached' if hit else 'running'}  {spec.out}")
         try:
             if hit:
                 context.log.info(f"{stage.name}: version {spec.version} is complete at {spec.out}; "
@@ -140,11 +149,13 @@ def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
                         retry_transient_only(stage.name):  # bad input: fail now, no retries
                     spec = dataclasses.replace(spec, services=endpoints)
                     result = run_stage(context, stage, spec)
-        except Exception:
+        except Exception as e:
+            PROGRESS.info(f"{stage.name:<20} FAILED after {time.monotonic() - t0:.1f}s: {str(e)[:200]}")
             context.log.exception(f"{stage.name} failed; no version was written and earlier "
                                   f"versions under {asset_root(settings, stage.name)} are untouched")
             raise
         point_current(spec.out)
+        PROGRESS.info(f"{stage.name:<20} {'cache hit' if hit else 'done'} in {time.monotonic() - t0:.1f}s")
         metadata = {**(result.metadata or {}), "path": dg.MetadataValue.path(str(spec.out)),
                     "version": spec.version, "cache_hit": hit, **figures,
                     **_previews(context, stage, spec.out)}

@@ -57,7 +57,7 @@ def to_run(statuses: list[AssetStatus]) -> list[str]:
 
 def refresh(instance: dg.DagsterInstance, defs: dg.Definitions,
             on_pass: Callable[[int, list[AssetStatus]], None] = lambda i, s: None,
-            max_passes: int | None = None) -> list[list[str]]:
+            max_passes: int | None = None, run_config: dict | None = None) -> list[list[str]]:
     """Run passes until nothing is stale or missing; returns the asset keys of each pass."""
     job = defs.resolve_job_def(PIPELINE_JOB)
     passes: list[list[str]] = []
@@ -73,6 +73,7 @@ def refresh(instance: dg.DagsterInstance, defs: dg.Definitions,
         result = job.execute_in_process(
             instance=instance, asset_selection=[dg.AssetKey.from_user_string(k) for k in keys],
             raise_on_error=True, tags={"wikigpt/refresh_pass": str(len(passes) + 1)},
+            run_config=run_config or {},
         )
         assert result.success
         passes.append(keys)

@@ -30,8 +30,28 @@ class _RememberingReader(dg.PipesTempFileMessageReader):
     @contextmanager
     def read_messages(self, handler: dg.PipesMessageHandler) -> Iterator[dict]:
         self.handler = handler
+        handle = handler.handle_message
+
+        def handle_and_show(message):
+            show_progress(message)
+            return handle(message)
+
+        handler.handle_message = handle_and_show
         with super().read_messages(handler) as params:
             yield params
+
+
+def show_progress(message: dict) -> None:
+    """A stage's metric message as a progress line (wikigpt.progress; `wikigpt run` prints it)."""
+    from wikigpt_core.pipes_bridge import METRICS_MESSAGE, _format_metrics
+
+    if not isinstance(message, dict) or message.get("method") != "report_custom_message":
+        return
+    payload = (message.get("params") or {}).get("payload")
+    if isinstance(payload, dict) and payload.get("type") == METRICS_MESSAGE:
+        from wikigpt_pipeline.factory import PROGRESS
+
+        PROGRESS.info(f"{'':<20}   {_format_metrics(payload.get('metrics') or {}, payload.get('step', 0))}")
 
 
 def run_local(
