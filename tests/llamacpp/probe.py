@@ -32,7 +32,7 @@ def main() -> None:
         llm.eval([nxt])
     tokenized = llm.tokenize(req["text"].encode(), add_bos=False, special=True) if req.get("text") else []
     json.dump({"logits": logits.tolist(), "greedy": greedy, "tokenized": tokenized,
-               "n_vocab": llm.n_vocab(), "n_ctx_train": llm.n_ctx_train()}, sys.stdout)
+               "n_vocab": llm.n_vocab(), "n_ctx_train": int(llm.metadata.get("llama.context_length", 0))}, sys.stdout)
 
 
 if __name__ == "__main__":
