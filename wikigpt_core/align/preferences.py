@@ -9,7 +9,6 @@ Two kinds of pair:
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import random
@@ -226,26 +225,3 @@ pretty_name: WikiGPT preference pairs
 {rules_note}
 Derived from Wikipedia text (CC BY-SA 4.0); the same license applies.
 """
-
-
-def main(argv: list[str] | None = None) -> None:
-    from wikigpt_core.config import load_settings
-    from wikigpt_core.pipes_bridge import stage_reporter
-
-    ap = argparse.ArgumentParser(description="Build DPO preference pairs from the SFT model and the judge.")
-    ap.add_argument("--sft-checkpoint", type=Path, required=True)
-    ap.add_argument("--sft-dataset", type=Path, required=True)
-    ap.add_argument("--tokenizer", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--cache", type=Path, required=True)
-    ap.add_argument("--profile", default=None)
-    a = ap.parse_args(argv)
-    s = load_settings(a.profile)
-    with stage_reporter("preference_dataset") as rep:
-        res = run_preferences(s.preference, s.teacher, a.sft_checkpoint, a.sft_dataset, a.tokenizer,
-                              a.out, a.cache)
-        rep.report(res)
-
-
-if __name__ == "__main__":
-    main()

@@ -8,7 +8,6 @@ the passages run out. Output: `train.jsonl`, `heldout.jsonl` (one chat example p
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -317,22 +316,3 @@ and duplicate prompts removed.
 
 Text derived from Wikipedia, available under CC BY-SA 4.0; this dataset carries the same license.
 """
-
-
-def main(argv: list[str] | None = None) -> None:
-    from wikigpt_core.config import load_settings
-    from wikigpt_core.pipes_bridge import stage_reporter
-
-    ap = argparse.ArgumentParser(description="Build the SFT dataset from a deduped corpus.")
-    ap.add_argument("--corpus", type=Path, required=True, help="directory holding corpus.parquet")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--cache", type=Path, required=True, help="teacher response cache directory")
-    ap.add_argument("--profile", default=None)
-    args = ap.parse_args(argv)
-    s = load_settings(args.profile)
-    with stage_reporter("sft_dataset") as rep:
-        rep.report(run_sft_data(s.sft_data, s.teacher, args.corpus, args.out, args.cache))
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,7 @@ single process would see.
 
 - `TokenShards`: flat uint16 `.bin` files read through `np.memmap` (never loaded whole);
   random windows, seeded per micro-batch.
-- `PackedSFT`: SPEC §3 examples rendered with `chat.render_example`, packed greedily into
+- `PackedSFT`: Chat examples rendered with `chat.render_example`, packed greedily into
   block_size blocks with per-example segment ids (document masking), tail padded with <|end|>.
 - `PreferencePairs`: DPO pairs as prompt + chosen/rejected responses (content + <|end|>).
 """
