@@ -178,7 +178,8 @@ def test_without_the_hub_the_table_says_so_and_the_report_still_materializes(env
                    root / "report_offline", cache_dir=root / "cache")
     outcome = read_lm_eval(root / "report_offline")
     assert outcome.status == "unavailable" and outcome.results == {}
-    assert "Hub" in outcome.reason or "offline" in outcome.reason.lower()
+    # The reason is the loader's own error (offline Hub, or its HTTP client refusing to connect).
+    assert "could not load the task datasets" in outcome.reason
     md = (root / "report_offline" / "report.md").read_text()
     assert "**Not available in this run:**" in md
     assert "## Perplexity" in md and "## Gallery" in md and (root / "report_offline" / "report.html").is_file()
