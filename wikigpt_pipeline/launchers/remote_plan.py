@@ -151,7 +151,7 @@ def remote_args(cli_args: Sequence[str], mapper: _PathMapper) -> str:
     return " ".join(parts)
 
 
-def remote_spec(cli_args: Sequence[str], mapper: _PathMapper, outputs: Sequence[Path]) -> tuple[list[str], dict | None]:
+def remote_spec(cli_args: Sequence[str], mapper: _PathMapper) -> tuple[list[str], dict | None]:
     """If the args name a spec (`--spec FILE`), the spec with every path mapped to the remote
     layout, and the args pointing at its uploaded copy."""
     import json
@@ -189,7 +189,7 @@ def plan_task(
     environ = os.environ if environ is None else environ
     config = load_task_yaml(yaml_path(sky_dir, stage))
     mapper = _PathMapper(outputs)
-    cli_args, spec = remote_spec(cli_args, mapper, outputs)
+    cli_args, spec = remote_spec(cli_args, mapper)
     args = " ".join(a if a.startswith(REMOTE_ROOT) else shlex.quote(a) for a in cli_args) \
         if spec is not None else remote_args(cli_args, mapper)
     missing = [str(p) for p in outputs if Path(p).resolve() not in mapper._assigned]
