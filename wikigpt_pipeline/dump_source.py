@@ -14,10 +14,10 @@ the dump site. A `wiki_dump` run fetches the dump of the last observation
 `build_dump_sensor(settings)`: off by default (turn it on under Automation in the UI). Every
 `minimum_interval_seconds` it observes the source. When the identity is new (a dump finished),
 it records the observation and starts a refresh: each tick requests one run of the assets that
-are stale or missing by Dagster's own resolver, waits while that run is queued or running, and
-stops once nothing is stale. Dagster marks staleness one layer at a time, so a refresh is
-several runs; an asset whose rerun writes identical bytes keeps its DataVersion and its
-downstream stays fresh, so only what the new dump changes reruns. A dump site that cannot be
+are stale or missing by Dagster's own resolver plus their downstream (the refresh pass of
+`wikigpt_pipeline.staleness`), waits while that run is queued or running, and stops once nothing
+is stale. Outputs are keyed by version, so a downstream asset whose inputs the new dump did not
+change is a cache hit: only what the new dump changes executes. A dump site that cannot be
 reached, or a newest dump still in progress, requests nothing.
 """
 from __future__ import annotations
@@ -28,14 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
-from dagster._core.definitions.data_version import (
-    DATA_VERSION_TAG,
-    CachingStaleStatusResolver,
-    StaleStatus,
-)
-from dagster._core.definitions.temporal_context import TemporalContext
-from dagster._time import get_current_datetime
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from wikigpt_core.config import DumpConfig, Settings
 from wikigpt_core.data.dump import observe_dump
@@ -43,6 +36,7 @@ from wikigpt_core.data.dumpsite import LATEST
 from wikigpt_core.data.sources import parse_dump_name
 from wikigpt_core.data.errors import DumpError
 from wikigpt_pipeline.jobs import PIPELINE_JOB
+from wikigpt_pipeline.staleness import refresh_selection
 
 DUMP_SOURCE = "wikipedia_dump"
 SENSOR_NAME = "new_dump_sensor"
@@ -133,26 +127,13 @@ def identity_for_run(context: dg.AssetExecutionContext, cfg: DumpConfig) -> str:
     return identity
 
 
-def not_fresh(instance: dg.DagsterInstance, asset_graph) -> list[dg.AssetKey]:
-    """Materializable assets that are stale or missing, in topological order (Dagster's own
-    stale-status resolver, the one behind the UI's "Unsynced")."""
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance, asset_graph=asset_graph,
-    )
-    resolver = CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
-    return [key for key in asset_graph.toposorted_asset_keys
-            if asset_graph.get(key).is_materializable
-            and resolver.get_status(key) in (StaleStatus.STALE, StaleStatus.MISSING)]
-
-
 def build_dump_sensor(settings: Settings, *, observe: Observe = observe_dump, job_name: str = PIPELINE_JOB,
                       minimum_interval_seconds: int = DEFAULT_INTERVAL_S,
                       default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED) -> dg.SensorDefinition:
     @dg.sensor(name=SENSOR_NAME, job_name=job_name, minimum_interval_seconds=minimum_interval_seconds,
                default_status=default_status,
                description="Observes the Wikipedia dump; when a new dump is finished, reruns the stale "
-                           "assets (one run per layer) until nothing is stale.")
+                           "assets and their downstream until nothing is stale (unchanged inputs are cache hits).")
     def new_dump_sensor(context: dg.SensorEvaluationContext):
         cursor = _Cursor.load(context.cursor)
         instance = context.instance
@@ -178,7 +159,7 @@ def build_dump_sensor(settings: Settings, *, observe: Observe = observe_dump, jo
                 return dg.SensorResult(skip_reason=dg.SkipReason(
                     f"pass {cursor.passes} ({last.run_id}) ended {last.status.value}; refresh stopped "
                     "(fix and run `wikigpt refresh`, or wait for the next dump)"), cursor=cursor.dump())
-        keys = not_fresh(instance, context.repository_def.asset_graph)
+        keys = refresh_selection(instance, context.repository_def.asset_graph)
         if not keys:
             cursor.refreshing = False
             return dg.SensorResult(skip_reason=dg.SkipReason(f"up to date with {identity}"), cursor=cursor.dump())

@@ -1,9 +1,14 @@
 """Stale status straight from Dagster's own resolver (the one behind the UI's "unsynced"),
 and `refresh`: materialize missing and stale assets until nothing is stale.
 
-Dagster marks staleness one layer at a time (a child becomes stale only once its parent has
-re-run with a new DataVersion), so one pass is not enough: refresh loops to a fixpoint, each
-pass a normal run recorded in the instance and visible in the UI.
+Dagster marks staleness one layer at a time: a child becomes stale only once its parent has
+re-run with a new DataVersion. Running only what is stale now would therefore take one pass per
+layer, and an asset with inputs from several layers (eval_report reads three checkpoints) would
+run once per pass, each time on a mix of old and new inputs. So a pass selects the stale and
+missing assets **plus everything downstream of them**, in one run in topological order: each
+asset then runs once, on its final inputs. Outputs are keyed by version, so a downstream asset
+whose inputs did not change resolves to a version that is already on disk and is a cache hit
+(no stage code runs): a rerun that writes identical bytes still stops the cascade.
 """
 from __future__ import annotations
 
@@ -26,14 +31,18 @@ class AssetStatus:
     causes: list[str]
 
 
-def stale_status(instance: dg.DagsterInstance, defs: dg.Definitions) -> list[AssetStatus]:
-    """Status of every asset, in topological order, with Dagster's stale causes."""
-    graph = defs.resolve_asset_graph()
+def _resolver(instance: dg.DagsterInstance, graph) -> CachingStaleStatusResolver:
     view = AssetGraphView(
         temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
         instance=instance, asset_graph=graph,
     )
-    resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+
+
+def stale_status(instance: dg.DagsterInstance, defs: dg.Definitions) -> list[AssetStatus]:
+    """Status of every asset, in topological order, with Dagster's stale causes."""
+    graph = defs.resolve_asset_graph()
+    resolver = _resolver(instance, graph)
     out = []
     for key in graph.toposorted_asset_keys:
         if not graph.get(key).is_materializable:
@@ -51,27 +60,56 @@ def _describe(cause) -> str:
     return f"{cause.category.value.lower()}{dep}: {cause.reason}"
 
 
+_NOT_FRESH = (StaleStatus.STALE, StaleStatus.MISSING)
+
+
 def to_run(statuses: list[AssetStatus]) -> list[str]:
-    return [s.key for s in statuses if s.status in (StaleStatus.STALE.value, StaleStatus.MISSING.value)]
+    """The assets that are stale or missing now."""
+    return [s.key for s in statuses if s.status in (v.value for v in _NOT_FRESH)]
+
+
+def not_fresh(instance: dg.DagsterInstance, graph) -> list[dg.AssetKey]:
+    """Materializable assets that are stale or missing, in topological order."""
+    resolver = _resolver(instance, graph)
+    return [key for key in graph.toposorted_asset_keys
+            if graph.get(key).is_materializable and resolver.get_status(key) in _NOT_FRESH]
+
+
+def with_downstream(keys: list[dg.AssetKey], graph) -> list[dg.AssetKey]:
+    """`keys` and every materializable asset downstream of them, in topological order: the
+    selection of one refresh pass (see the module docstring)."""
+    if not keys:
+        return []
+    closure = dg.AssetSelection.assets(*keys).downstream().resolve(graph)
+    return [k for k in graph.toposorted_asset_keys if k in closure and graph.get(k).is_materializable]
+
+
+def refresh_selection(instance: dg.DagsterInstance, graph) -> list[dg.AssetKey]:
+    """What the next refresh pass runs: the stale and missing assets and their downstream."""
+    return with_downstream(not_fresh(instance, graph), graph)
 
 
 def refresh(instance: dg.DagsterInstance, defs: dg.Definitions,
             on_pass: Callable[[int, list[AssetStatus]], None] = lambda i, s: None,
             max_passes: int | None = None, run_config: dict | None = None) -> list[list[str]]:
-    """Run passes until nothing is stale or missing; returns the asset keys of each pass."""
+    """Run passes until nothing is stale or missing; returns the asset keys of each pass.
+    One pass normally suffices (it runs the stale assets' whole downstream); the loop is there
+    for anything the pass itself leaves stale, bounded so that it can never spin."""
     job = defs.resolve_job_def(PIPELINE_JOB)
+    graph = defs.resolve_asset_graph()
     passes: list[list[str]] = []
-    limit = max_passes or len(list(defs.resolve_asset_graph().materializable_asset_keys)) + 1
+    limit = max_passes or len(list(graph.materializable_asset_keys)) + 1
     while True:
         statuses = stale_status(instance, defs)
-        keys = to_run(statuses)
+        selection = with_downstream([dg.AssetKey.from_user_string(k) for k in to_run(statuses)], graph)
+        keys = [k.to_user_string() for k in selection]
         if not keys:
             return passes
         if len(passes) >= limit:
             raise RuntimeError(f"still stale after {limit} passes: {keys}; see `wikigpt refresh --dry-run`")
         on_pass(len(passes) + 1, [s for s in statuses if s.key in keys])
         result = job.execute_in_process(
-            instance=instance, asset_selection=[dg.AssetKey.from_user_string(k) for k in keys],
+            instance=instance, asset_selection=selection,
             raise_on_error=True, tags={"wikigpt/refresh_pass": str(len(passes) + 1)},
             run_config=run_config or {},
         )

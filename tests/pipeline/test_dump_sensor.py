@@ -2,16 +2,21 @@
 it against a real dump site on 127.0.0.1 (dumpstatus.json, sha1sums, the multistream file and
 its index). Three scenarios, one story: (1) date A is finished, so the sensor materializes;
 (2) date B appears but is in progress, so nothing is requested; (3) B finishes, so the sensor
-refreshes and only the stale assets run (B differs from A in a redirect page only, which the
-cleaning drops: cleaned_articles reruns with identical bytes and deduped_corpus stays fresh).
+refreshes and only what B changes executes (B differs from A in a redirect page only, which the
+cleaning drops: cleaned_articles reruns with identical bytes, and deduped_corpus, whose input is
+unchanged, is a cache hit that runs no stage code).
 
-The graph here is the data stages' real core functions behind the source; `dump_story` is shared
-with the Postgres-backed test."""
+The story's graph is the project's own data assets (`stage_asset` from the registry) behind the
+source; `dump_story` is shared with the Postgres-backed test. The retry tests use the data
+stages' core functions behind hand-written assets, to set their own retry delays."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import re
+from unittest import mock
 from pathlib import Path
 
 import dagster as dg
@@ -70,6 +75,20 @@ def story_definitions(settings, home: Path, retry: dg.RetryPolicy = NETWORK_RETR
     )
 
 
+def project_story_definitions(settings) -> dg.Definitions:
+    """wikipedia_dump (source) → wiki_dump → cleaned_articles → deduped_corpus, as the project
+    builds them (versioned outputs under $WIKIGPT_HOME, cache hits)."""
+    from wikigpt_core.stages import STAGES
+    from wikigpt_pipeline.factory import stage_asset
+
+    names = ("wiki_dump", "cleaned_articles", "deduped_corpus")
+    return dg.Definitions(
+        assets=[build_dump_source(settings), *(stage_asset(settings, STAGES[n]) for n in names)],
+        jobs=[dg.define_asset_job(JOB, selection=dg.AssetSelection.all())],
+        sensors=[build_dump_sensor(settings, job_name=JOB, minimum_interval_seconds=30)],
+    )
+
+
 class Story:
     def __init__(self, instance: dg.DagsterInstance, site: DumpSite, defs: dg.Definitions):
         self.instance, self.site, self.defs = instance, site, defs
@@ -77,7 +96,8 @@ class Story:
         self.cursor: str | None = None
 
     def tick(self) -> list[list[str]]:
-        """One sensor evaluation, then its requested runs executed (as the daemon would)."""
+        """One sensor evaluation, then its requested runs executed (as the daemon would); the
+        assets each run executed (cache hits left out)."""
         ctx = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, definitions=self.defs)
         data = self.sensor.evaluate_tick(ctx)
         self.cursor = data.cursor
@@ -87,7 +107,8 @@ class Story:
             result = self.defs.resolve_job_def(JOB).execute_in_process(
                 instance=self.instance, asset_selection=keys, tags=request.tags)
             assert result.success
-            ran.append([k.to_user_string() for k in keys])
+            mats = [e.asset_materialization for e in result.get_asset_materialization_events()]
+            ran.append([m.asset_key.to_user_string() for m in mats if not m.metadata["cache_hit"].value])
         return ran
 
     def refresh(self, max_ticks: int = 6) -> list[list[str]]:
@@ -103,7 +124,10 @@ class Story:
 
 def dump_story(instance: dg.DagsterInstance, tmp_path: Path) -> None:
     site = DumpSite()
+    home = tmp_path / "home"
     try:
+        stack = contextlib.ExitStack()
+        stack.enter_context(mock.patch.dict(os.environ, {"WIKIGPT_HOME": str(home)}))
         xml_a, index_a = _dump_bytes(tmp_path, A, edit_redirect=False)
         xml_b, index_b = _dump_bytes(tmp_path, B, edit_redirect=True)
         settings = load_settings("tiny")
@@ -112,8 +136,9 @@ def dump_story(instance: dg.DagsterInstance, tmp_path: Path) -> None:
         settings.dedup = dataclasses.replace(settings.dedup, workers=1)
         site.publish("enwiki", A, xml_a, index_a, status="done")
 
-        defs = story_definitions(settings, tmp_path / "home")
+        defs = project_story_definitions(settings)
         defs.resolve_asset_graph()
+        dump_manifest = lambda: (home / "tiny" / "wiki_dump" / "current" / "manifest.json").read_text()  # noqa: E731
         assert site.requests == [], "loading the definitions must not touch the dump site"
         story = Story(instance, site, defs)
 
@@ -121,7 +146,7 @@ def dump_story(instance: dg.DagsterInstance, tmp_path: Path) -> None:
         assert story.refresh() == [["wiki_dump", "cleaned_articles", "deduped_corpus"]]
         observed = instance.get_latest_data_version_record(dg.AssetKey(DUMP_SOURCE), is_source=True)
         assert observed.asset_observation.tags["dagster/data_version"].startswith(f"enwiki/{A}:")
-        assert "20990101" in (tmp_path / "home" / "wiki_dump" / "manifest.json").read_text()
+        assert "20990101" in dump_manifest()
 
         # (2) B appears but is still in progress: nothing is requested, nothing downloaded.
         site.publish("enwiki", B, xml_b, index_b, status="in-progress")
@@ -129,15 +154,16 @@ def dump_story(instance: dg.DagsterInstance, tmp_path: Path) -> None:
         assert story.refresh() == []
         assert not [r for r in site.requests if r.endswith(".bz2")]
 
-        # (3) B finishes: wiki_dump reruns, then cleaned_articles (identical bytes), and the
-        #     cascade stops there: deduped_corpus stays fresh and is not rerun.
+        # (3) B finishes: one refresh run; wiki_dump and cleaned_articles (identical bytes)
+        #     execute, and the cascade stops there: deduped_corpus's input is unchanged, so it
+        #     is a cache hit and runs no stage code.
         site.set_status("enwiki", B, "done")
-        assert story.refresh() == [["wiki_dump"], ["cleaned_articles"]]
-        dump_manifest = (tmp_path / "home" / "wiki_dump" / "manifest.json").read_text()
-        assert re.search(r'"dump_date": "20990120"', dump_manifest)
+        assert story.refresh() == [["wiki_dump", "cleaned_articles"]]
+        assert re.search(r'"dump_date": "20990120"', dump_manifest())
         assert story.refresh() == []  # settled
     finally:
         site.close()
+        stack.close()
 
 
 def test_dump_sensor_story(tmp_path):

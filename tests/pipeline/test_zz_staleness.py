@@ -28,9 +28,19 @@ def _wikigpt(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def _passes(stdout: str) -> list[list[str]]:
-    return [[k.strip() for k in line.split(":", 1)[1].split(",")]
-            for line in stdout.splitlines() if line.startswith("pass ")]
+def _refresh_executions(instance, env: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Run `wikigpt refresh`; the assets its runs executed, and those it recorded as cache
+    hits, each in the order materialized."""
+    before = {r.run_id for r in instance.get_runs()}
+    run = _wikigpt("refresh", env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    executed, hits = [], []
+    for r in sorted((r for r in instance.get_runs() if r.run_id not in before),
+                    key=lambda r: instance.get_run_record_by_id(r.run_id).create_timestamp):
+        for event in instance.all_logs(r.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+            mat = event.asset_materialization
+            (hits if mat.metadata["cache_hit"].value else executed).append(mat.asset_key.to_user_string())
+    return executed, hits
 
 
 def _not_fresh(instance, defs) -> list[str]:
@@ -71,47 +81,37 @@ def test_stale_only_rerun_story(materialized, tmp_path):
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.splitlines()[0].startswith("cleaned_articles\tSTALE\tcode")
 
-    # 4. `wikigpt refresh` reruns cleaned_articles and only its downstream, to a fixpoint.
-    run = _wikigpt("refresh", env=env)
-    assert run.returncode == 0, run.stdout + run.stderr
-    passes = _passes(run.stdout)
-    assert passes[0] == ["cleaned_articles"]
-    rerun = {k for p in passes for k in p}
-    downstream = {k.to_user_string() for k in dg.AssetSelection.assets("cleaned_articles")
-                  .downstream().resolve(changed.resolve_asset_graph())}
-    assert rerun <= downstream and "wiki_dump" not in rerun
-    assert len(passes) > 1  # fewer rows → new data → the next layer went stale and re-ran
+    # 4. `wikigpt refresh` runs cleaned_articles and its downstream in one pass: each asset
+    #    once, on its final inputs. Fewer rows means new data, so the next layer executes too.
+    downstream = [k.to_user_string() for k in staleness.with_downstream(
+        [dg.AssetKey("cleaned_articles")], changed.resolve_asset_graph())]
+    executed, hits = _refresh_executions(instance, env)
+    assert "wiki_dump" not in executed + hits
+    assert executed[0] == "cleaned_articles" and "deduped_corpus" in executed
+    assert sorted(executed + hits) == sorted(downstream)  # each once, nothing outside
     assert _not_fresh(instance, changed) == []
 
     # 5. A dump edit the cleaning filters away (a redirect page): wiki_dump and
-    #    cleaned_articles rerun, cleaned_articles writes identical bytes, the rest stays fresh.
+    #    cleaned_articles execute, cleaned_articles writes identical bytes, and everything below
+    #    resolves to the versions it already has: cache hits, no stage code.
     sample = next(materialized.artifact("wiki_dump").glob("*.bz2"))
     dump = tmp_path / "enwiki-edited-pages-articles.xml.bz2"
     dump.write_bytes(_redirect_edited(sample.read_bytes()))
     env["WIKIGPT_DUMP"] = str(dump)
-    run = _wikigpt("refresh", env=env)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert _passes(run.stdout) == [["wiki_dump"], ["cleaned_articles"]]
+    executed, hits = _refresh_executions(instance, env)
+    assert executed == ["wiki_dump", "cleaned_articles"]
+    assert sorted(hits) == sorted(set(ASSET_NAMES) - {"wiki_dump", "cleaned_articles"})
 
-    # 6. Revert both the threshold and the dump: every version the original run made is still
-    #    on disk, so a run of the graph executes no stage at all. Each asset records a cache hit
-    #    whose DataVersion is the original run's, and the bytes it points at are the original
-    #    bytes. (A `refresh` here would re-execute eval_report and hf_release: Dagster marks
-    #    staleness one layer at a time, and eval_report reads inputs from several layers.)
+    # 6. Revert both the threshold and the dump, then `wikigpt refresh`: every version the
+    #    original run made is still on disk, so the refresh executes no stage at all. Each asset
+    #    records a cache hit whose DataVersion is the original run's, and the bytes it points
+    #    at are the original bytes.
     env = {k: v for k, v in env.items() if k not in ("WIKIGPT_CONFIG", "WIKIGPT_DUMP")}
-    run_ids_before = {r.run_id for r in instance.get_runs()}
-    run = _wikigpt("run", env=env)
-    assert run.returncode == 0, run.stdout + run.stderr
-    new_runs = [r for r in instance.get_runs() if r.run_id not in run_ids_before]
-    assert new_runs, "the reverted config should make assets stale again"
-    executed, hits = [], []
-    for r in new_runs:
-        for event in instance.all_logs(r.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
-            mat = event.asset_materialization
-            (hits if mat.metadata["cache_hit"].value else executed).append(mat.asset_key.to_user_string())
+    executed, hits = _refresh_executions(instance, env)
     assert executed == []  # zero stage executions
     assert "cleaned_articles" in hits
     assert _versions(instance) == original
+    assert _not_fresh(instance, materialized.defs) == []
     assert set(original_files) <= set(_version_dirs(materialized))  # nothing removed...
     for path, created in original_files.items():
         assert _created(path) == created  # ...and no manifest written again
