@@ -7,8 +7,12 @@ shown as "n/a" rather than invented.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import yaml
+
+from wikigpt_core.eval.lm_harness import HUB_DATASETS, TASK_NAMES, LmEvalOutcome, lm_eval_rows
 from wikigpt_core.llm.labels import is_rule_system, who
 from wikigpt_core.model import GPTConfig
 
@@ -51,13 +55,67 @@ def filter_counts(lineage: dict[str, dict]) -> dict[str, Any]:
             if isinstance(v, (int, float)) and ("drop" in k or k.startswith("filter"))}
 
 
-def front_matter(repo_name: str, datasets: list[str], language: str = "en") -> str:
+def front_matter(repo_name: str, datasets: list[str], language: str = "en",
+                 model_index_: list[dict[str, Any]] | None = None) -> str:
     lines = ["---", "license: cc-by-sa-4.0", "language:", f"- {language}", "library_name: transformers",
              "pipeline_tag: text-generation", "tags:"]
     lines += [f"- {t}" for t in ("llama", "wikipedia", "chat", "dpo", "from-scratch", "wikigpt")]
     lines += ["datasets:"] + [f"- {d}" for d in datasets]
-    lines += [f"model_name: {repo_name}", "---", ""]
+    lines += [f"model_name: {repo_name}"]
+    if model_index_:
+        lines += [yaml.safe_dump({"model-index": model_index_}, sort_keys=False, allow_unicode=True,
+                                 default_flow_style=False, width=1_000).rstrip("\n")]
+    lines += ["---", ""]
     return "\n".join(lines)
+
+
+# What produced each checkpoint; the model-index labels every figure with it.
+PRODUCED_BY = {
+    "base": "base checkpoint (pretraining)",
+    "sft": "SFT checkpoint (supervised fine-tuning of base)",
+    "dpo": "DPO checkpoint (preference tuning of SFT; these weights)",
+}
+TEXT_GENERATION = {"type": "text-generation", "name": "Text Generation"}
+# lm-eval tasks that share one Hub dataset are told apart by its configuration.
+HUB_CONFIGS = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge"}
+
+
+def _finite(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(float(value)))
+
+
+def model_index(repo_name: str, report: dict[str, Any], lm_eval: LmEvalOutcome | None = None,
+                dump_date: Any = None) -> list[dict[str, Any]]:
+    """The Hugging Face `model-index` (the Hub's eval-results schema: name, results of task,
+    dataset and metrics) from the eval report: val perplexity of each checkpoint, and the
+    lm-eval task results when the harness ran. Each metric's name says which checkpoint, and
+    so which training stage, it measures; values are the report's, unrounded. [] when the
+    report holds no figure."""
+    results: list[dict[str, Any]] = []
+    ppl = report.get("perplexity") or {}
+    ppl_metrics = [{"type": "perplexity", "value": float(ppl[c]), "name": f"Perplexity, {label}"}
+                   for c, label in PRODUCED_BY.items() if _finite(ppl.get(c))]
+    if ppl_metrics:
+        held_out = "Wikipedia, held-out val shard" + (f" (dump {dump_date})" if dump_date else "")
+        results.append({"task": dict(TEXT_GENERATION),
+                        "dataset": {"name": held_out, "type": "wikimedia/wikipedia"},
+                        "metrics": ppl_metrics})
+    if lm_eval is not None and lm_eval.status == "ok":
+        for task in lm_eval.tasks:
+            metrics = [{"type": metric, "value": float(value),
+                        "name": f"{metric}, {PRODUCED_BY.get(c, c)}"}
+                       for c, per_task in lm_eval.results.items()
+                       for metric, value in (per_task.get(task) or {}).items() if _finite(value)]
+            if not metrics:
+                continue
+            dataset: dict[str, Any] = {"name": TASK_NAMES.get(task, task),
+                                       "type": HUB_DATASETS.get(task, task)}
+            if task in HUB_CONFIGS:
+                dataset["config"] = HUB_CONFIGS[task]
+            dataset["args"] = {"num_few_shot": 0, **({"limit": lm_eval.limit} if lm_eval.limit else {})}
+            results.append({"task": dict(TEXT_GENERATION), "dataset": dataset, "metrics": metrics})
+    return [{"name": repo_name, "results": results}] if results else []
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -66,7 +124,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
-def _eval_section(report: dict[str, Any]) -> str:
+def _eval_section(report: dict[str, Any], lm_eval: LmEvalOutcome | None = None) -> str:
     parts: list[str] = []
     ppl = report.get("perplexity") or {}
     if ppl:
@@ -89,6 +147,14 @@ def _eval_section(report: dict[str, Any]) -> str:
         metrics = ("exact_match", "contains_answer", "stopped", "length_ok", "distinct3")
         rows = [[name] + [m.get(k) for k in metrics] for name, m in harness.items()]
         parts.append("Judge-free closed-QA harness:\n\n" + _table(["checkpoint", *metrics], rows))
+    if lm_eval is not None and lm_eval.status == "ok":
+        bench = lm_eval_rows(lm_eval)
+        if bench:
+            header = list(bench[0])
+            limit = f", first {lm_eval.limit} examples per task" if lm_eval.limit else ""
+            parts.append(f"Standard benchmarks (EleutherAI lm-evaluation-harness {lm_eval.lm_eval_version}, "
+                         f"0-shot{limit}; `gpt2_124m` is OpenAI's GPT-2 124M as published):\n\n"
+                         + _table(header, [[r[k] for k in header] for r in bench]))
     return "\n\n".join(parts) if parts else "No evaluation figures were recorded for this run."
 
 
@@ -153,9 +219,10 @@ def _data_prose(lineage: dict[str, dict]) -> str:
 
 def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, lineage: dict[str, dict],
                       report: dict[str, Any], datasets: list[str], sft_data_url: str = "",
-                      preference_data_url: str = "", hub_id: str = "") -> str:
-    """README.md for the Hub repo: front matter plus the sections listed in docs/reference.md
-    ("Release layout")."""
+                      preference_data_url: str = "", hub_id: str = "",
+                      lm_eval: LmEvalOutcome | None = None) -> str:
+    """README.md for the Hub repo: front matter (with the eval results as a `model-index`) plus
+    the sections listed in docs/reference.md ("Release layout")."""
     L = lineage
     # the language cleaning filtered the corpus for (recorded in its stats; older runs: English)
     language = stat(L, "cleaned_articles", "language") or "en"
@@ -172,7 +239,8 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
     total_wall_h = round(sum(w for w in walls if w is not None), 3) if any(w is not None for w in walls) else None
     c = model_cfg
     sections = [
-        front_matter(repo_name, datasets, language),
+        front_matter(repo_name, datasets, language,
+                     model_index(repo_name, report, lm_eval, dump_date=dump_date)),
         f"# {repo_name}\n",
         f"A {fmt(params)}-parameter decoder-only chat model trained from scratch on "
         f"{'English' if language == 'en' else f'`{language}`'} Wikipedia (dump {fmt(dump_date)}), then instruction-tuned (SFT) and preference-tuned "
@@ -228,7 +296,7 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
         f"Pretraining base val perplexity: {fmt(stat(L, 'base_checkpoint', 'val_ppl'))}.\n",
         _dpo_text(L),
         "## Evaluation\n",
-        _eval_section(report),
+        _eval_section(report, lm_eval),
         "\nThe 20-prompt gallery (all three checkpoints, temperature 0.7, top-p 0.9, kept verbatim, "
         "failures included) is in `gallery.md`.\n",
         "## Chat format\n",

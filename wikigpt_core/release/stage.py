@@ -13,6 +13,7 @@ from typing import Any
 
 from wikigpt_core.artifacts import ArtifactWriter, StageResult, content_hash
 from wikigpt_core.config import PROFILES, ReleaseConfig
+from wikigpt_core.eval.lm_harness import read_lm_eval
 from wikigpt_core.model_io import config_to_dict, load_model
 from wikigpt_core.release.hf_export import HF_CONFIG, HF_WEIGHTS, llama_config, write_hf_weights
 from wikigpt_core.release.hf_tokenizer import write_tokenizer_files
@@ -95,6 +96,7 @@ def run_release(cfg: ReleaseConfig, dpo_dir: Path, tokenizer_dir: Path, eval_dir
         card = render_model_card(
             repo_name=cfg.repo_name, model_cfg=model.config, params=params, lineage=lineage,
             report=report, datasets=datasets, hub_id=target.repo_id if target else "",
+            lm_eval=read_lm_eval(eval_dir),
             sft_data_url=f"https://huggingface.co/datasets/{cfg.sft_dataset_repo}" if cfg.sft_dataset_repo else "",
             preference_data_url=(f"https://huggingface.co/datasets/{cfg.preference_dataset_repo}"
                                  if cfg.preference_dataset_repo else ""))
