@@ -22,6 +22,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from tests.core.test_release_support import chain_model, spell
+
 from wikigpt_core.align.passages import CorpusError
 from wikigpt_core.align.preferences import DatasetError, run_preferences
 from wikigpt_core.align.sft_data import run_sft_data
@@ -45,6 +47,7 @@ SFT_CFG = SFTDataConfig(n_examples=48, heldout_fraction=0.25, passage_chars=300,
 PREF_CFG = PreferenceConfig(n_prompts=6, samples_per_prompt=4, false_premise_fraction=0.5,
                             max_new_tokens=8, min_margin=0.5)
 EVAL_CFG = EvalConfig(ppl_batches=2, ppl_batch_size=2, harness_n=4, pairwise_n=4, max_new_tokens=8)
+ANSWER = "It was."  # the "answers" checkpoint's greedy reply to every prompt (distinct characters)
 
 
 def _sample_dump() -> Path:
@@ -107,6 +110,10 @@ def env(tmp_path_factory):
         if name == "sft":
             _sometimes_end(model, tok.end_id)
         save_model(model, root / name)
+    # A checkpoint that answers every prompt with ANSWER and stops: function words only, so the
+    # rule judge counts it fully grounded, with no cut-off penalty. It scores well above the
+    # random base (cut off at the token limit) and the empty always-<|end|> reply.
+    save_model(chain_model(tok, spell(tok, ANSWER), block_size=128), root / "answers")
     return {"root": root, "rows": rows, "tok": tok}
 
 
@@ -213,16 +220,32 @@ def test_preferences(env, sft):
         # A reply cut off at the token limit is shown to the judge marked; try both readings.
         best = max(score_response(q, p["chosen"] + m, ref) for m in ("", " " + CUT_MARK))
         worst = min(score_response(q, p["rejected"] + m, ref) for m in ("", " " + CUT_MARK))
-        assert best > worst
+        assert best > worst and best - worst >= PREF_CFG.min_margin  # no reading of the pair falls below it
     assert s["teacher_replies_failed"] == 0 and s["teacher_requests_per_item"] == 1.0
     # Same inputs, same seeds: the rerun sends the judge and teacher nothing.
     again = run_preferences(PREF_CFG, TEACHER, root / "sft", sft[0], root / "tokenizer", root / "prefs2", root / "cache")
     assert again.stats["teacher_requests"] == 0 and again.content_hash == res.content_hash
 
 
+def test_preferences_below_the_margin_are_dropped_as_ties(env, sft, tmp_path):
+    """Rule scores lie in 1..10: no gap reaches a margin of 9.5, so every sampled pair is dropped
+    as a tie and only the false-premise pairs remain (the judge's verdicts come from the cache)."""
+    root = env["root"]
+    cfg = dataclasses.replace(PREF_CFG, min_margin=9.5)
+    res = run_preferences(cfg, TEACHER, root / "sft", sft[0], root / "tokenizer", tmp_path / "prefs", root / "cache")
+    s = res.stats
+    assert s["pairs_sampled"] == 0 and s["mean_judge_margin"] == 0.0
+    assert s["dropped_tie"] == s["prompts_sampled"] - s["dropped_identical"] > 0
+    assert s["pairs"] == s["pairs_false_premise"] == 3
+    assert {p["kind"] for p in _jsonl(tmp_path / "prefs" / "pairs.jsonl")} == {"false_premise"}
+
+
 def test_eval_report(env, sft):
     root = env["root"]
-    ckpts = {c: root / c for c in ("base", "sft", "dpo")}
+    # The SFT slot holds the "answers" checkpoint, so both pairwise passes have a known direction:
+    # its grounded, stopped reply beats the random base's cut-off babble on every prompt, and the
+    # empty always-<|end|> reply loses to it on every prompt.
+    ckpts = {"base": root / "base", "sft": root / "answers", "dpo": root / "dpo"}
     upstream = {"base_checkpoint": {"seconds": 100.0, "gpu_hours": 0.5, "cost_usd": 0.2},
                 "sft_dataset": {"seconds": 3.5, "rows": 7}}
     res = run_eval(EVAL_CFG, TEACHER, ckpts, root / "shards", sft[0], root / "tokenizer", root / "report",
@@ -232,13 +255,15 @@ def test_eval_report(env, sft):
     assert set(report["perplexity"]) == {"base", "sft", "dpo"}
     assert all(math.isfinite(v) and v > 1 for v in report["perplexity"].values())
     assert report["perplexity"]["dpo"] > report["perplexity"]["base"]  # the always-<|end|> model is worse
-    expected = _expected_pairwise(env, sft[0])
+    expected = _expected_pairwise(env, ckpts, sft[0])
     for k in ("sft_vs_base", "dpo_vs_sft"):
         v = report["pairwise"][k]
         assert set(v) == {"win", "tie", "loss", "n"} and v["n"] == EVAL_CFG.pairwise_n
         assert v == expected[k]
-    # The always-<|end|> checkpoint answers nothing, the lowest score: it never wins.
-    assert report["pairwise"]["dpo_vs_sft"]["win"] == 0.0
+    # Real wins and real losses, each in its known direction (a swap of win and loss, or a
+    # judge that cannot tell the replies apart, fails here).
+    assert report["pairwise"]["sft_vs_base"] == {"win": 1.0, "tie": 0.0, "loss": 0.0, "n": EVAL_CFG.pairwise_n}
+    assert report["pairwise"]["dpo_vs_sft"] == {"win": 0.0, "tie": 0.0, "loss": 1.0, "n": EVAL_CFG.pairwise_n}
     metrics = {"exact_match", "contains_answer", "stopped", "length_ok", "distinct3"}
     assert set(report["harness"]) == {"base", "sft", "dpo"}
     assert all(set(h) == metrics for h in report["harness"].values())
@@ -272,10 +297,10 @@ def test_eval_report(env, sft):
     assert again.content_hash == res.content_hash and again.stats["judge_requests"] == 0
 
 
-def _expected_pairwise(env, sft_dir: Path) -> dict[str, dict]:
+def _expected_pairwise(env, ckpts: dict[str, Path], sft_dir: Path) -> dict[str, dict]:
     """win/tie/loss recomputed here: the same greedy replies run_eval decodes, each scored alone
     by the rule judge (whose score ignores position, so both orders agree iff the scores differ)."""
-    root, tok = env["root"], env["tok"]
+    tok = env["tok"]
     heldout = _jsonl(sft_dir / "heldout.jsonl")
     random.Random(EVAL_CFG.seed).shuffle(heldout)
     harness_rows = [r for r in heldout if r.get("task") == "qa" and r.get("answer")][:EVAL_CFG.harness_n]
@@ -283,7 +308,7 @@ def _expected_pairwise(env, sft_dir: Path) -> dict[str, dict]:
     prompts = list(dict.fromkeys(r["messages"][0]["content"] for r in harness_rows + pair_rows))
     views = {}
     for c in ("base", "sft", "dpo"):
-        gen = generate_replies(load_model(root / c), tok, [[{"role": "user", "content": p}] for p in prompts],
+        gen = generate_replies(load_model(ckpts[c]), tok, [[{"role": "user", "content": p}] for p in prompts],
                                max_new_tokens=EVAL_CFG.max_new_tokens, temperature=EVAL_CFG.harness_temperature,
                                top_p=EVAL_CFG.top_p, seed=EVAL_CFG.seed)
         views[c] = {p: (r.text if r.stopped else f"{r.text} {CUT_MARK}".strip()) for p, (r,) in zip(prompts, gen)}
