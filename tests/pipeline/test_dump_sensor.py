@@ -28,7 +28,8 @@ from wikigpt_core.data.builddump import split_dump, write_multistream
 from wikigpt_core.data.clean import run_clean
 from wikigpt_core.data.dedup import run_dedup
 from wikigpt_core.data.dump import run_dump
-from wikigpt_pipeline.dump_source import DUMP_SOURCE, build_dump_sensor, build_dump_source, not_fresh
+from wikigpt_pipeline.dump_source import DUMP_SOURCE, build_dump_sensor, build_dump_source
+from wikigpt_pipeline.staleness import not_fresh
 from wikigpt_pipeline.retries import NETWORK_RETRY, retry_transient_only
 
 A, B = "20990101", "20990120"
@@ -107,7 +108,7 @@ class Story:
             result = self.defs.resolve_job_def(JOB).execute_in_process(
                 instance=self.instance, asset_selection=keys, tags=request.tags)
             assert result.success
-            mats = [e.asset_materialization for e in result.get_asset_materialization_events()]
+            mats = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
             ran.append([m.asset_key.to_user_string() for m in mats if not m.metadata["cache_hit"].value])
         return ran
 
