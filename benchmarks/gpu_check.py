@@ -8,7 +8,8 @@
    torch.compile, flash SDPA, fused AdamW): tokens/s, MFU (against the GPU's dense bf16 peak
    from wikigpt_core.train.metrics), peak memory, compile seconds (the first step);
 3. packed SFT tokens/s (document-masked blocks) and DPO step time, same settings;
-4. whether the tiny release loads in vLLM, when vLLM is installed (else "not installed").
+4. whether the tiny release loads and generates in vLLM (chat template and greedy ids against
+   the core), when vLLM is installed; otherwise "skipped" with the reason.
 
 Without CUDA it refuses (exit 2), except with --dry-run, which runs each measurement for one
 step on CPU with the micro shapes and writes a JSON marked dry_run (its numbers are not
@@ -21,6 +22,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -134,13 +136,61 @@ def pytest_gpu(dry: bool) -> dict:
             "passed": done.returncode == 0 and "skipped" not in tail[0]}
 
 
-def vllm_check() -> dict:
+VLLM_LOAD = r"""
+import json, sys
+from vllm import LLM, SamplingParams
+release, ids, steps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+llm = LLM(model=release, tokenizer=release, dtype="bfloat16", enforce_eager=True, max_model_len=256,
+          gpu_memory_utilization=0.2, seed=0)
+tok = llm.get_tokenizer()
+templated = tok.apply_chat_template([{"role": "user", "content": "What is Paris?"}], add_generation_prompt=True,
+                                    tokenize=True)
+out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(temperature=0.0, max_tokens=steps, ignore_eos=True))
+print("VLLM_RESULT " + json.dumps({"vllm": __import__("vllm").__version__, "templated": list(templated),
+                                   "greedy": list(out[0].outputs[0].token_ids)}))
+"""
+
+
+def vllm_check(workdir: Path, dry: bool, timeout_s: int) -> dict:
+    """Does the tiny release (the tiny profile's shape, random weights, the export the release
+    stage writes) load and generate in vLLM? Run in a child process with its own CUDA context.
+    Compares vLLM's chat template ids with the core's and its greedy ids with the core's."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return {"status": "skipped", "reason": "vllm is not installed in this environment"}
+    if dry:
+        return {"status": "skipped", "reason": "dry run: vLLM needs the GPU"}
+    from tests.core import test_release_support as support
+    from wikigpt_core.chat import render_prompt
+
+    tok = support.train_tokenizer(workdir / "tokenizer")
+    shape = load_settings("tiny", env=False).model
+    torch.manual_seed(0)
+    model = GPT(shape).eval()
+    release = support.build_release(workdir, model, workdir / "tokenizer", name="vllm")
+    prompt = render_prompt([{"role": "user", "content": "What is Paris?"}], tok)
+    steps = 8
+    with torch.no_grad():  # bf16, as vLLM serves it; near-ties of random weights may still differ
+        bf16 = GPT(shape).eval()
+        bf16.load_state_dict(model.state_dict())
+        bf16.to(torch.bfloat16)
+        core = bf16.generate(torch.tensor([prompt]), steps, temperature=0.0)[0, len(prompt):].tolist()
+    row = {"release": "tiny profile shape " + json.dumps({k: getattr(shape, k) for k in
+                                                          ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")})}
+    t0 = time.perf_counter()
     try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return {"status": "not installed"}
-    return {"status": "installed", "note": "load the tiny release with vllm.LLM(model=DIR) here once a "
-            "release dir is given (--release)"}
+        done = subprocess.run([sys.executable, "-c", VLLM_LOAD, str(release), json.dumps(prompt), str(steps)],
+                              capture_output=True, text=True, timeout=timeout_s, cwd=workdir)
+    except subprocess.TimeoutExpired:
+        return row | {"status": "failed", "reason": f"vLLM did not load and generate within {timeout_s} s"}
+    row["load_and_generate_s"] = round(time.perf_counter() - t0, 1)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("VLLM_RESULT ")]
+    if done.returncode != 0 or not lines:
+        return row | {"status": "failed", "exit_code": done.returncode, "stderr_tail": done.stderr[-1500:]}
+    got = json.loads(lines[-1].removeprefix("VLLM_RESULT "))
+    return row | {"status": "loaded", "vllm": got["vllm"], "template_ids_match": got["templated"] == prompt,
+                  "greedy_ids_match": got["greedy"] == core, "greedy_vllm": got["greedy"], "greedy_core": core}
 
 
 def main(argv=None) -> int:
@@ -148,6 +198,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--dry-run", action="store_true", help="CPU, micro shapes, one timed step: wiring only")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--vllm-timeout", type=int, default=180, help="seconds the vLLM load check may take")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.dry_run:
@@ -167,7 +218,8 @@ def main(argv=None) -> int:
     report["pretrain"] = measure(shape, batch, seq, steps, device, "pretrain", compile_mode)
     report["sft_packed"] = measure(shape, batch, seq, steps, device, "sft", compile_mode)
     report["dpo"] = measure(shape, max(batch // 2, 1), seq, steps, device, "dpo", compile_mode)
-    report["vllm"] = vllm_check()
+    with tempfile.TemporaryDirectory() as work:
+        report["vllm"] = vllm_check(Path(work), args.dry_run, args.vllm_timeout)
     report["seconds"] = round(time.time() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2))
