@@ -164,11 +164,17 @@ class TeacherConfig:
     """Teacher sampling temperature (0 = greedy, the most reproducible)."""
     json_mode: bool = True
     """Ask the endpoint for a JSON object reply (`response_format`, supported by vLLM and OpenAI)."""
-    json_schema: bool = False
-    """Also send each reply's JSON schema inside the json_object format, so the server constrains
-    decoding to it (llama.cpp's server compiles it to a grammar). A small model then always
-    replies with parseable JSON of the right fields; whether the content passes the filters is
-    still up to the model."""
+    json_schema: bool = True
+    """Constrained decoding: send each reply's JSON schema (`response_format`), so the server
+    decodes to it (vLLM's guided decoding, llama.cpp's grammars, OpenAI structured outputs).
+    Even a weak model then replies with parseable JSON of the right fields and bounded length;
+    whether the content passes the stage's filters is still up to the model. The offline backend
+    ignores it; set it to false for an endpoint that supports no schema."""
+    schema_format: str = "json_schema"
+    """How the schema is sent. json_schema: OpenAI structured outputs,
+    `{"type": "json_schema", "json_schema": {"name", "schema"}}` (vLLM, llama.cpp's llama-server,
+    OpenAI). json_object: the schema inside a json_object format, `{"type": "json_object",
+    "schema"}` (llama-cpp-python's server; llama-server reads it too)."""
     max_reply_chars: int = 1_200
     """With json_schema: the longest string field a reply may hold (bounds each reply's cost)."""
     max_failure_share: float = 0.5
@@ -179,6 +185,14 @@ class TeacherConfig:
     max_requests_per_item: float = 4.0
     """Requests (retries included) a teacher stage may send, as a multiple of the requests it
     plans for what it was asked for; past that it stops with an error (bounds a paid bill)."""
+
+    def __post_init__(self) -> None:
+        if self.schema_format not in SCHEMA_FORMATS:
+            raise ValueError(f"teacher.schema_format = {self.schema_format!r} is not one of "
+                             f"{', '.join(SCHEMA_FORMATS)}")
+
+
+SCHEMA_FORMATS = ("json_schema", "json_object")
 
 
 @dataclass

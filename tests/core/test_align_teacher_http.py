@@ -142,7 +142,9 @@ def test_teacher_and_judge_over_http_retry_then_cache(server: ChatServer, tmp_pa
     assert 1 < server.max_in_flight <= 4
     # The key travels in the header only; the cache on disk never holds it.
     assert set(server.auth_headers) == {f"Bearer {SECRET}"}
-    assert all(r["response_format"] == {"type": "json_object"} and r["model"] == "test-teacher"
+    # Constrained decoding is on by default: each request carries its reply's schema.
+    assert all(r["response_format"]["type"] == "json_schema" and r["model"] == "test-teacher"
+               and r["response_format"]["json_schema"]["schema"]["additionalProperties"] is False
                for r in server.requests)
     assert all(SECRET not in p.read_text() for p in cache.rglob("*.json"))
 
@@ -227,7 +229,7 @@ def test_request_cap_stops_sending(server: ChatServer, tmp_path: Path):
 
 
 def test_json_schema_mode_sends_each_replys_schema(server: ChatServer):
-    cfg = _cfg(server.url, json_schema=True, max_reply_chars=77)
+    cfg = _cfg(server.url, json_schema=True, schema_format="json_object", max_reply_chars=77)
     Teacher(make_client(cfg, None)).write_examples(_specs()[3:])  # summarize, extract
     formats = [r["response_format"] for r in server.requests]
     assert [f["type"] for f in formats] == ["json_object", "json_object"]

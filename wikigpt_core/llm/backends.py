@@ -55,9 +55,13 @@ class OpenAIBackend:
         if r.status_code != 200:
             # Any other 4xx is deterministic (bad model name, bad key, a prompt too long for the
             # context): sending it again would fail the same way and cost the same.
+            hint = ""
+            if "response_format" in body and any(w in r.text for w in ("response_format", "json_schema", "schema")):
+                hint = (" (the endpoint may not take this response_format: teacher.schema_format = "
+                        "'json_object' suits llama-cpp-python's server; teacher.json_schema = false sends none)")
             raise TeacherError(
                 f"{url} answered HTTP {r.status_code}: {r.text[:200]!r}; check teacher.base_url, "
-                f"teacher.model ({self.model!r}) and the API key env var")
+                f"teacher.model ({self.model!r}) and the API key env var{hint}")
         try:
             data = r.json()
             text = data["choices"][0]["message"]["content"] or ""

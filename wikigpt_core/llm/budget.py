@@ -27,7 +27,13 @@ EXAMPLE_CHARS = 160
 
 
 class TeacherBudgetError(TeacherError):
-    """A teacher stage stopped by its failure budget; the message says why and what to check."""
+    """A teacher stage stopped by its failure budget; the message says why and what to check.
+    `requests` (sent, retries included), `asked` and `requests_per_item` (requests per item
+    asked for) say what the stage spent before it stopped."""
+
+    requests: int = 0
+    asked: int = 0
+    requests_per_item: float = 0.0
 
 
 def request_cap(cfg: TeacherConfig, planned: int) -> int:
@@ -65,34 +71,41 @@ class FailureBudget:
         """Raise when too many replies failed or the request cap is spent."""
         seen = self.accepted + self.failed
         if self.failed >= self.min_failures and seen and self.failed / seen > self.max_share:
-            raise TeacherBudgetError(self._message(
+            raise self._error(
                 f"{self.failed} of {seen} teacher replies ({self.failed / seen:.0%}) failed or were "
                 f"rejected, over the limit of {self.max_share:.0%} (teacher.max_failure_share, "
-                f"checked once {self.min_failures} have failed: teacher.min_failures)"))
+                f"checked once {self.min_failures} have failed: teacher.min_failures)")
         if self.client.cap_reached:
-            raise TeacherBudgetError(self._message(
+            raise self._error(
                 f"the request cap of {self.client.max_requests} requests for {self.asked} {self.unit} "
-                f"asked for is spent (teacher.max_requests_per_item) with {self.accepted} accepted"))
+                f"asked for is spent (teacher.max_requests_per_item) with {self.accepted} accepted")
 
     def require(self, got: int, minimum: int, setting: str) -> None:
         """Raise when the stage ends with fewer than `minimum` items."""
         if got < minimum:
-            raise TeacherBudgetError(self._message(
-                f"only {got} {self.unit} resulted, fewer than the minimum of {minimum} ({setting})"))
+            raise self._error(
+                f"only {got} {self.unit} resulted, fewer than the minimum of {minimum} ({setting})")
 
     def stats(self, prefix: str = "teacher_") -> dict[str, float | int]:
         """Replies accepted and failed, and requests actually sent per accepted item."""
         return {f"{prefix}replies_accepted": self.accepted, f"{prefix}replies_failed": self.failed,
                 f"{prefix}requests_per_item": round(self.client.usage.requests / max(1, self.accepted), 3)}
 
+    def _error(self, why: str) -> TeacherBudgetError:
+        err = TeacherBudgetError(self._message(why))
+        err.requests, err.asked = self.client.usage.requests, self.asked
+        err.requests_per_item = round(err.requests / max(1, self.asked), 3)
+        return err
+
     def _message(self, why: str) -> str:
         u = self.client.usage
+        per = f"{u.requests / max(1, self.asked):.2f} per {self.unit.removesuffix('s')} asked for"
         common = ", ".join(
             f"{reason} x{n}" + (f" (e.g. {' | '.join(repr(e) for e in self.examples[reason])})"
                                 if self.examples.get(reason) else "")
             for reason, n in self.reasons.most_common(3)) or "none"
         return (f"{self.stage}: stopped by the teacher failure budget: {why}. Commonest failure "
                 f"reasons: {common}. {u.requests} requests sent ({u.retries} retries, {u.cache_hits} "
-                f"cache hits) to {self.client.backend.backend_id} for {self.asked} {self.unit} asked for. "
+                f"cache hits; {per}) to {self.client.backend.backend_id} for {self.asked} {self.unit} asked for. "
                 "Nothing was published. Check teacher.base_url and teacher.model, or that the teacher "
                 "is strong enough for the stage's filters.")

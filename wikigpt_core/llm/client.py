@@ -93,8 +93,8 @@ class ChatClient:
     def __init__(self, backend: ChatBackend, *, model: str, cache_dir: Path | None,
                  concurrency: int = 8, max_retries: int = 4, backoff_s: float = 1.0,
                  max_tokens: int = 512, temperature: float = 0.0, json_mode: bool = False,
-                 json_schema: bool = False, max_reply_chars: int = 1_200,
-                 max_requests: int | None = None) -> None:
+                 json_schema: bool = False, schema_format: str = "json_schema",
+                 max_reply_chars: int = 1_200, max_requests: int | None = None) -> None:
         self.backend = backend
         self.model = model
         self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
@@ -105,6 +105,7 @@ class ChatClient:
         self.temperature = temperature
         self.json_mode = json_mode
         self.json_schema = json_schema
+        self.schema_format = schema_format
         self.max_reply_chars = max_reply_chars
         self.max_requests = max_requests
         self.usage = TeacherUsage()
@@ -119,9 +120,13 @@ class ChatClient:
         body = {"model": self.model, "messages": [{"role": "user", "content": content}],
                 "max_tokens": self.max_tokens, "temperature": self.temperature, "seed": seed}
         if self.json_schema and kind:
-            # Constrained decoding to the reply's schema. This is the form llama.cpp's server
-            # reads (a schema inside a json_object format); see `backends.OpenAIBackend`.
-            body["response_format"] = {"type": "json_object", "schema": reply_schema(kind, self.max_reply_chars)}
+            # Constrained decoding to the reply's schema (teacher.schema_format).
+            schema = reply_schema(kind, self.max_reply_chars)
+            if self.schema_format == "json_object":  # llama-cpp-python's server
+                body["response_format"] = {"type": "json_object", "schema": schema}
+            else:  # OpenAI structured outputs: vLLM, llama-server, OpenAI
+                body["response_format"] = {"type": "json_schema",
+                                           "json_schema": {"name": f"wikigpt_{kind}", "schema": schema}}
         elif self.json_mode:
             body["response_format"] = {"type": "json_object"}  # every reply we ask for is JSON
         return body
@@ -212,5 +217,5 @@ def make_client(cfg: TeacherConfig, cache_dir: Path | None, *, base_url: str | N
                       max_retries=cfg.max_retries, backoff_s=cfg.retry_backoff_s,
                       max_tokens=cfg.max_tokens, temperature=cfg.temperature,
                       json_mode=cfg.json_mode and remote, json_schema=cfg.json_schema and remote,
-                      max_reply_chars=cfg.max_reply_chars,
+                      schema_format=cfg.schema_format, max_reply_chars=cfg.max_reply_chars,
                       max_requests=max_requests)
