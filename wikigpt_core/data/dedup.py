@@ -30,7 +30,7 @@ from datasketch import MinHashLSH
 
 from wikigpt_core.artifacts import ArtifactWriter, StageResult, read_manifest
 from wikigpt_core.data.language import artifact_language, write_language
-from wikigpt_core.data.minhash import band_hashes, jaccard, shingle_hashes, signature, text_digest
+from wikigpt_core.data.minhash import band_hashes, document_hashes, jaccard, shingle_hashes, signature
 from wikigpt_core.data.parquet_io import RowGroupWriter, find_parquet, iter_batches
 from wikigpt_core.data.pool import bounded_map, resolve_workers
 
@@ -53,8 +53,9 @@ def hash_slice(path: str, row_group: int, lo: int, hi: int, step: int, tmp: str,
     table = _read_slice(path, row_group, lo, hi, step)
     ids = table.column("id").to_numpy()
     texts = table.column("text").to_pylist()
-    digests = np.frombuffer(b"".join(text_digest(t) for t in texts), dtype="S20")
-    sigs = np.stack([signature(shingle_hashes(t, k), num_perm, seed) for t in texts]) if texts \
+    hashed = [document_hashes(t, k) for t in texts]  # digest and shingles from one pass per text
+    digests = np.frombuffer(b"".join(d for d, _ in hashed), dtype="S20")
+    sigs = np.stack([signature(sh, num_perm, seed) for _, sh in hashed]) if texts \
         else np.empty((0, num_perm), dtype=np.uint32)
     stem = Path(tmp) / _stem(row_group, lo)
     np.save(f"{stem}.ids.npy", ids)

@@ -3,16 +3,20 @@ r"""Vectorized word-shingle hashing and MinHash signatures (datasketch's `affine
 A plain datasketch loop hashes every shingle with SHA-1 in Python and updates one MinHash at
 a time. Here one document is hashed with a handful of numpy operations over its bytes:
 
-1. words = `[^\W_]+` runs (Unicode letters/digits) of the casefolded text, found by one
-   regex substitution and a byte scan;
+1. words = `[^\W_]+` runs (Unicode letters/digits) of the casefolded text: one is-word flag per
+   UTF-8 byte, from a 128-entry table for ASCII text, else from a per-code-point table (filled
+   lazily, 256 code points at a time, by the `[\W_]` regex itself, so it is that regex exactly)
+   spread over each character's bytes;
 2. word hash = polynomial hash of its bytes, from a prefix-sum (`cumsum`) over the document,
    made position-independent by multiplying with the inverse power (all mod 2^64);
 3. shingle hash = polynomial combination of `k` consecutive word hashes, folded to 32 bits;
 4. signature = datasketch's own permutations (`MinHash(num_perm, seed).permutations`) and
-   MurmurHash3 pre-mix applied to all shingles at once, min over shingles.
+   MurmurHash3 pre-mix applied to all shingles at once, min over shingles: one broadcast
+   multiply, add and min per block of shingles (a contiguous row per permutation).
 
 The result equals `MinHash(num_perm, seed).update_batch(shingle_hashes)` with an identity
-hash function (tests check this), so signatures interoperate with datasketch.
+hash function (tests check this), so signatures interoperate with datasketch. The exact-dedup
+key (`text_digest`) comes from the same byte flags (`document_hashes` computes both at once).
 """
 from __future__ import annotations
 
@@ -29,8 +33,27 @@ _P = 0x100000001B3  # FNV-64 prime (odd, so invertible mod 2^64)
 _P_INV = pow(_P, -1, 1 << 64)
 _Q = 0x9E3779B97F4A7C15  # combines word hashes into a shingle hash
 _WORD_RE = re.compile(r"[^\W_]+")
-_NON_WORD = re.compile(r"[\W_]+")
-_ROWS_PER_CHUNK = 4_096
+_NON_WORD_CHAR = re.compile(r"[\W_]")
+_BLOCK_ELEMENTS = 1 << 21  # uint32 cells of one (perms x shingles) block: 8 MiB
+_SPACE = np.uint8(32)
+
+# Is-word flag per code point, `[^\W_]` exactly; ASCII filled now, the rest 256 at a time.
+_IS_WORD = np.zeros(0x110000, dtype=bool)
+_BLOCK_DONE = np.zeros(0x110000 >> 8, dtype=bool)
+
+
+def _fill_blocks(blocks: np.ndarray) -> None:
+    for blk in blocks.tolist():
+        lo = blk << 8
+        chars = "".join(map(chr, range(max(lo, 1), lo + 256)))  # chr(0) is a non-word character
+        marked = _NON_WORD_CHAR.sub("\0", chars).encode("utf-32-le", "surrogatepass")
+        _IS_WORD[max(lo, 1): lo + 256] = np.frombuffer(marked, dtype=np.uint32) != 0
+        _BLOCK_DONE[blk] = True
+
+
+_fill_blocks(np.array([0]))
+_ASCII_IS_WORD = _IS_WORD[:256].copy()
+_ASCII_IS_WORD[128:] = False  # bytes >= 0x80 only occur in non-ASCII text, which is not read this way
 
 
 def normalized_text(text: str) -> str:
@@ -40,7 +63,49 @@ def normalized_text(text: str) -> str:
 
 def text_digest(text: str) -> bytes:
     """SHA-1 of the normalized text (exact-duplicate key)."""
-    return hashlib.sha1(normalized_text(text).encode("utf-8")).digest()
+    data, is_word, starts, ends = _words(text)
+    return _digest(data, is_word, starts, ends)
+
+
+def document_hashes(text: str, k: int) -> tuple[bytes, np.ndarray]:
+    """(`text_digest(text)`, `shingle_hashes(text, k)`) from one pass over the text."""
+    data, is_word, starts, ends = _words(text)
+    return _digest(data, is_word, starts, ends), _shingles(_word_hashes(data, starts, ends), k)
+
+
+def _words(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """UTF-8 bytes of the casefolded text, their is-word flags and the [start, end) byte
+    offsets of its words."""
+    folded = text.casefold()
+    # surrogatepass: a lone surrogate (a non-word character) encodes instead of raising
+    data = np.frombuffer(folded.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    if data.size == len(folded):  # ASCII: one byte per character
+        is_word = _ASCII_IS_WORD[data]
+    else:
+        cps = np.frombuffer(folded.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        wide = cps[cps >= 0x80] >> 8
+        todo = np.unique(wide[~_BLOCK_DONE[wide]])
+        if todo.size:
+            _fill_blocks(todo)
+        # every byte of a character carries the character's flag
+        width = 1 + (cps >= 0x80).view(np.uint8) + (cps >= 0x800).view(np.uint8) + (cps >= 0x10000).view(np.uint8)
+        is_word = np.repeat(_IS_WORD[cps], width)
+    flags = np.zeros(data.size + 2, dtype=bool)
+    flags[1:-1] = is_word
+    edges = np.flatnonzero(flags[1:] != flags[:-1])  # alternately a word's start and its end
+    return data, is_word, edges[0::2], edges[1::2]
+
+
+def _digest(data: np.ndarray, is_word: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bytes:
+    """SHA-1 of the words joined by single spaces (`normalized_text`, encoded)."""
+    if starts.size == 0:
+        return hashlib.sha1(b"").digest()
+    gaps = ends[:-1]  # the first byte after every word but the last becomes the one space
+    keep = is_word.copy()
+    keep[gaps] = True
+    out = data.copy()
+    out[gaps] = _SPACE
+    return hashlib.sha1(out[keep].tobytes()).digest()
 
 
 @lru_cache(maxsize=4)
@@ -56,28 +121,33 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def word_hashes(text: str) -> np.ndarray:
     """64-bit hash per word of `text` (uint64 array, in order)."""
-    # One C-speed regex pass turns every non-word character (punctuation, symbols, "_") into a
-    # space, so words are exactly `[^\W_]+` (Unicode letters and digits) of the casefolded text.
-    data = np.frombuffer(_NON_WORD.sub(" ", text.casefold()).encode("utf-8"), dtype=np.uint8)
-    if data.size == 0:
-        return np.empty(0, dtype=np.uint64)
-    is_word = data != 32
-    edges = np.diff(np.concatenate(([False], is_word, [False])).astype(np.int8))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
+    data, _, starts, ends = _words(text)
+    return _word_hashes(data, starts, ends)
+
+
+def _word_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    # hash = sum of byte * P^(offset in the word) + word length, mixed: only the word's own
+    # bytes count, wherever it stands and whatever separates it from its neighbours
     if starts.size == 0:
         return np.empty(0, dtype=np.uint64)
     pw, inv = _powers(data.size + 1)
     prefix = np.zeros(data.size + 1, dtype=np.uint64)
-    np.cumsum(data.astype(np.uint64) * pw[: data.size], out=prefix[1:])
-    raw = (prefix[ends] - prefix[starts]) * inv[starts]
-    return _fmix(raw + (ends - starts).astype(np.uint64), 64)
+    np.multiply(data, pw[: data.size], out=prefix[1:])
+    np.cumsum(prefix[1:], out=prefix[1:])
+    raw = prefix[ends]
+    raw -= prefix[starts]
+    raw *= inv[starts]
+    raw += (ends - starts).astype(np.uint64)
+    return _fmix(raw, 64)
 
 
 def shingle_hashes(text: str, k: int) -> np.ndarray:
     """Sorted unique 32-bit hashes of the word k-grams (a text shorter than k words is one
     shingle)."""
-    words = word_hashes(text)
+    return _shingles(word_hashes(text), k)
+
+
+def _shingles(words: np.ndarray, k: int) -> np.ndarray:
     n = words.size
     if n == 0:
         return np.empty(0, dtype=np.uint32)
@@ -105,9 +175,15 @@ def signature(shingles: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
     if shingles.size == 0:
         return out
     mixed = _fmix(shingles.astype(np.uint32), 32)
-    for lo in range(0, mixed.size, _ROWS_PER_CHUNK):  # bound the (shingles x perms) temporary
-        chunk = mixed[lo: lo + _ROWS_PER_CHUNK, None] * a + b
-        np.minimum(out, chunk.min(axis=0), out=out)
+    # Blocks of nearly equal size bound the (perms x shingles) temporary; each is contiguous,
+    # one permutation per row, so the min runs along rows.
+    blocks = -(-mixed.size * num_perm // _BLOCK_ELEMENTS)
+    step = -(-mixed.size // blocks)
+    a, b = a[:, None], b[:, None]
+    for lo in range(0, mixed.size, step):
+        cells = np.multiply(a, mixed[lo: lo + step])  # uint32: the wrap-around is the mod 2^32
+        np.add(cells, b, out=cells)
+        np.minimum(out, cells.min(axis=1), out=out)
     return out
 
 
