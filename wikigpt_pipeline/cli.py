@@ -1,7 +1,9 @@
 """`wikigpt`: run the pipeline, refresh what is stale, open the UI, serve and chat.
 
     wikigpt run       [--profile tiny|124m|350m] [--dump sample|PATH|enwiki/YYYYMMDD]
+    wikigpt run       --submit [--select ASSET,...] [--wait]   (through the instance's run queue)
     wikigpt refresh   [--dry-run]
+    wikigpt refresh   --submit [--wait]
     wikigpt status
     wikigpt gc        [--dry-run]           (remove versions no materialization refers to)
     wikigpt ui        [--port 3000]         (dagster dev on this repo, persistent DAGSTER_HOME)
@@ -40,6 +42,18 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("run", "refresh"):
             p.add_argument("--verbose", action="store_true",
                            help="print Dagster's full event stream, not one line per asset")
+            p.add_argument("--submit", action="store_true",
+                           help="put one run on the instance's run queue instead of running here; "
+                                "a dagster-daemon launches it within the instance's limits "
+                                "(the gpu pool: one GPU stage at a time)")
+            p.add_argument("--wait", action="store_true",
+                           help="with --submit: follow the run until it ends and print its results")
+            p.add_argument("--workspace", metavar="FILE",
+                           help="with --submit: the workspace file whose code location the run "
+                                "records (default: the repo's workspace.yaml)")
+        if name == "run":
+            p.add_argument("--select", metavar="ASSET,...",
+                           help="with --submit: only these assets (and their checks)")
         if name in ("refresh", "gc"):
             p.add_argument("--dry-run", action="store_true",
                            help="print what would run and why" if name == "refresh" else "only list what would go")
@@ -48,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="serve a release over HTTP (see `wikigpt serve --help`)")
     sub.add_parser("chat", help="terminal chat client (see `wikigpt chat --help`)")
     args = parser.parse_args(argv)
+    _check_submit_flags(parser, args)
 
     if args.profile:
         os.environ["WIKIGPT_PROFILE"] = args.profile
@@ -85,10 +100,73 @@ def _load():
     return get_instance(), defs
 
 
+def _check_submit_flags(parser: argparse.ArgumentParser, args) -> None:
+    if getattr(args, "submit", False):
+        if args.profile or args.dump:
+            parser.error("--profile/--dump do not travel with --submit: the run executes with the "
+                         "settings of the daemon's code location; set WIKIGPT_PROFILE / WIKIGPT_DUMP "
+                         "(and WIKIGPT_CONFIG) where the daemon runs, and the same here")
+        if getattr(args, "dry_run", False):
+            parser.error("--dry-run and --submit exclude each other")
+        return
+    for flag in ("wait", "workspace", "select"):
+        if getattr(args, flag, None):
+            parser.error(f"--{flag} needs --submit")
+
+
+def _submitted(instance, run, keys: list[str], workspace, wait: bool) -> int:
+    """What a person sees after --submit: the queued run, and where it goes from there."""
+    from wikigpt_pipeline import submit
+
+    shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} assets)" if len(keys) > 6 else "")
+    print(f"queued run {run.run_id} ({run.job_name}: {shown}) on DAGSTER_HOME={os.environ['DAGSTER_HOME']}",
+          flush=True)
+    if not submit.queue_daemon_running(instance):
+        print("no dagster-daemon is running for this instance: the run stays QUEUED until one starts "
+              f"(`dagster-daemon run -w {workspace}`, or `wikigpt ui`)", flush=True)
+    if not wait:
+        print("it is in the UI's Runs tab (`wikigpt ui`); GPU stages take the `gpu` pool one at a time",
+              flush=True)
+        return 0
+    t0 = time.time()
+    final = submit.wait(instance, run.run_id, on_event=lambda line: print(line, flush=True))
+    for key, md in submit.materializations(instance, run.run_id):
+        figures = ", ".join(f"{k}={_fmt(md[k])}" for k in _HEADLINE if k in md)
+        print(f"  {key:<20} {figures}")
+        if "path" in md:
+            print(f"  {'':<20} {md['path']}")
+    ok = final.status.value == "SUCCESS"
+    print(f"run {run.run_id} {final.status.value} after {time.time() - t0:.0f}s of waiting")
+    return 0 if ok else 1
+
+
+def _submit(args, refresh: bool) -> int:
+    from wikigpt_pipeline import submit
+    from wikigpt_pipeline.instance import get_instance
+
+    instance = get_instance()
+    workspace = args.workspace or submit.WORKSPACE
+    try:
+        if refresh:
+            run, keys = submit.submit_refresh(instance, workspace)
+        else:
+            select = [a.strip() for a in (args.select or "").split(",") if a.strip()] or None
+            run, keys = submit.submit_run(instance, workspace, select)
+    except submit.SubmitError as e:
+        print(f"wikigpt: not submitted: {e}", file=sys.stderr)
+        return 2
+    if run is None:
+        print("nothing is stale")
+        return 0
+    return _submitted(instance, run, keys, workspace, args.wait)
+
+
 def _run(args) -> int:
     from wikigpt_core.config import load_settings, wikigpt_home
     from wikigpt_pipeline.jobs import PIPELINE_JOB
 
+    if args.submit:
+        return _submit(args, refresh=False)
     instance, defs = _load()
     settings = load_settings()
     print(f"WikiGPT: profile={settings.profile} dump={settings.dump.source} "
@@ -126,6 +204,8 @@ def _refresh(args) -> int:
 
     from wikigpt_pipeline import staleness
 
+    if args.submit:
+        return _submit(args, refresh=True)
     instance, defs = _load()
     if args.dry_run:
         statuses = staleness.stale_status(instance, defs)
