@@ -14,6 +14,7 @@ import test_release_support as support  # noqa: E402
 from wikigpt_core.chat import render_prompt  # noqa: E402
 from wikigpt_core.generation import (BatchDecoder, SamplingParams, Sequence, StopText,  # noqa: E402
                                      crop_conversation, generate_chat, prompt_budget, stop_ids)
+from wikigpt_core.generation.packed import PackedLinear, decode_view, packing_available  # noqa: E402
 from wikigpt_core.model import GPT, GPTConfig  # noqa: E402
 
 
@@ -78,6 +79,39 @@ def test_eight_concurrent_greedy_streams_equal_sequential():
         ref = model.generate(torch.tensor([p]), q.max_new_tokens, temperature=0)[0, len(p):].tolist()
         cut = next((i + 1 for i, t in enumerate(ref) if t in stops), len(ref))
         assert s.tokens == ref[:cut]
+
+
+def test_prepacked_view_shares_the_model_and_computes_the_same_logits():
+    model = lively_model()
+    view = decode_view(model)
+    if not packing_available():
+        assert view is model  # nothing to pack with: the decoder runs the model itself
+        return
+    packed = [m for m in view.modules() if isinstance(m, PackedLinear)]
+    assert len(packed) == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 2 * 5 + 1
+    assert {id(p) for p in view.parameters()} <= {id(p) for p in model.parameters()}  # nothing copied but the packs
+    ids = torch.tensor([prompts(1)[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(view(ids, all_logits=True)[0], model(ids, all_logits=True)[0],
+                                   atol=1e-4, rtol=1e-5)
+    # Prepacked and plain-weight decoders pick the same tokens and report the same logprobs.
+    ps, q = prompts(6, seed=5), SamplingParams(10, 0.0, 1.0, logprobs=True)
+    a = BatchDecoder(model, max_batch=6).run([Sequence(p, q) for p in ps])
+    b = BatchDecoder(model, max_batch=6, prepack=False).run([Sequence(p, q) for p in ps])
+    assert [s.tokens for s in a] == [s.tokens for s in b]
+    for x, y in zip(a, b):
+        assert [lp.logprob for lp in x.logprobs] == pytest.approx([lp.logprob for lp in y.logprobs], abs=1e-4)
+
+
+def test_decoder_follows_weights_loaded_after_it_was_built():
+    model, other = lively_model(0), lively_model(1)
+    p, q = prompts(1)[0], SamplingParams(12, 0.0, 1.0)
+    dec = BatchDecoder(model, max_batch=2)
+    before = dec.run([Sequence(p, q)])[0].tokens
+    model.load_state_dict(other.state_dict())  # in place, as a reload into a running server would
+    after = dec.run([Sequence(p, q)])[0].tokens
+    assert after == BatchDecoder(other, max_batch=2).run([Sequence(p, q)])[0].tokens
+    assert after != before
 
 
 def test_more_sequences_than_rows_wait_their_turn():

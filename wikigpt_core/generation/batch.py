@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from wikigpt_core.generation.packed import DecodeView
 from wikigpt_core.generation.prompts import stop_ids as default_stop_ids
 from wikigpt_core.generation.sampling import TokenLogprob, nucleus_probs, token_logprobs
 from wikigpt_core.generation.text import StopText
@@ -105,11 +106,15 @@ class Sequence:
 class BatchDecoder:
     """Owns a model's decoding; not thread-safe (one thread calls add/step)."""
 
-    def __init__(self, model, *, max_batch: int = 8, stop_ids: frozenset[int] | None = None) -> None:
+    def __init__(self, model, *, max_batch: int = 8, stop_ids: frozenset[int] | None = None,
+                 prepack: bool = True) -> None:
+        """`prepack`: on CPU in fp32, run the linears through weights packed once for oneDNN
+        (`generation/packed.py`: ~2.5x faster matmuls at 8 rows, an extra copy of the weights)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.model = model  # the caller puts it in eval mode
         self.max_batch = max_batch
+        self._net = DecodeView(model, rows_hint=max_batch) if prepack else (lambda: model)
         self.block = int(model.config.block_size)
         self.stop_ids = default_stop_ids() if stop_ids is None else frozenset(stop_ids)
         self.device = next(model.parameters()).device
@@ -144,7 +149,7 @@ class BatchDecoder:
             cache = self._cache
             cache.rows = len(self.active)
             fed = torch.tensor([[s.tokens[-1]] for s in self.active], device=self.device)
-            logits, _ = self.model(fed, cache=cache)
+            logits, _ = self._net()(fed, cache=cache)
             self._choose(self.active, logits[:, -1])
             touched += self.active
             self._leave()
@@ -155,6 +160,10 @@ class BatchDecoder:
                 self._join(seq)
         self._leave()
         return touched
+
+    def prepare(self) -> None:
+        """Pack the weights now (otherwise the first step does it)."""
+        self._net()
 
     def run(self, seqs: list[Sequence]) -> list[Sequence]:
         """Decode `seqs` to the end (at most max_batch at a time); returns them."""
@@ -170,7 +179,7 @@ class BatchDecoder:
         slot = len(self.active)
         view = self._cache.row_cache(slot)
         ids = torch.tensor([seq.prompt], device=self.device)
-        logits, _ = self.model(ids, cache=view, all_logits=seq.params.prompt_logprobs)
+        logits, _ = self._net()(ids, cache=view, all_logits=seq.params.prompt_logprobs)
         self._cache.lengths[slot] = view.pos
         self.active.append(seq)
         if seq.params.prompt_logprobs:
