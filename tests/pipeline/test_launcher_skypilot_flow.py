@@ -420,6 +420,7 @@ def test_teacher_endpoint_serves_then_always_tears_down(remote, monkeypatch, clo
             seen["polls_before_yield"] = list(polls)
             task = next(iter(fake.clusters.values()))["jobs"][1]["task"]
             seen["secrets"], seen["envs"] = dict(task.config["secrets"]), dict(task.config["envs"])
+            seen["run"] = task.config["run"]
             raise RuntimeError("generation failed halfway")
 
     try:
@@ -433,6 +434,9 @@ def test_teacher_endpoint_serves_then_always_tears_down(remote, monkeypatch, clo
     assert seen["polls_before_yield"] == [("/v1/models", "Bearer k-123")]
     assert seen["secrets"]["VLLM_API_KEY"] == "k-123"           # a secret ...
     assert "k-123" not in seen["envs"].values()                 # ... never an env
+    # The launched task serves the model sky/teacher.yaml names, the id /v1/models reports.
+    assert seen["envs"]["TEACHER_MODEL"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert '"$TEACHER_MODEL"' in seen["run"]
     assert figures == {"teacher_gpu_hours": 0.25, "teacher_cost_usd": 0.1}   # 900 s at $0.40/h
     assert [c[0] for c in fake.calls][-1] == "down" and fake.clusters == {}
 
