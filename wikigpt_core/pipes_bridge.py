@@ -22,9 +22,11 @@ import json
 import math
 import os
 import sys
+import time
 import traceback
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
 from wikigpt_core.artifacts import StageResult
 
@@ -85,6 +87,101 @@ def _format_metrics(metrics: Mapping[str, Any], step: int) -> str:
     for k, v in _scalars(metrics).items():
         parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
     return f"step {step}: " + " ".join(parts)
+
+
+PROGRESS_EVERY_S = 5.0
+"""A training stage's console progress line comes at most this often (plus its last step)."""
+
+
+def planned_steps(config: Mapping[str, Mapping[str, Any]]) -> int | None:
+    """The optimizer steps a stage's config tables fix: the training section's `max_steps`,
+    unless `epochs` is set (then the step count follows from the data, known only in the loop)."""
+    for table in config.values():
+        if isinstance(table, Mapping) and "max_steps" in table:
+            return None if table.get("epochs") is not None else int(table["max_steps"])
+    return None
+
+
+def spec_planned_steps(spec_file: str | Path) -> int | None:
+    """`planned_steps` of a written spec file (what the stage CLI runs from); None if unreadable."""
+    try:
+        return planned_steps(json.loads(Path(spec_file).read_text()).get("config") or {})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def format_progress(stage: str, step: int, total: int | None, loss: float | None,
+                    tokens_per_s: float | None, eta_s: float | None,
+                    val_loss: float | None = None) -> str:
+    """One progress line of a training stage, e.g.
+    `base_checkpoint        step 120/300  40%  loss 4.2130 (val 4.3012)  1,234 tok/s  ETA 2m31s`."""
+    where = f"step {step}/{total} {100 * step / total:3.0f}%" if total else f"step {step}/?"
+    parts = [where]
+    if loss is not None:
+        parts.append(f"loss {loss:.4f}" + (f" (val {val_loss:.4f})" if val_loss is not None else ""))
+    if tokens_per_s is not None:
+        parts.append(f"{tokens_per_s:,.0f} tok/s")
+    parts.append(f"ETA {format_duration(eta_s)}" if eta_s is not None else "ETA ?")
+    return f"{stage:<20}   " + "  ".join(parts)
+
+
+class ProgressMeter:
+    """Turns a training loop's metric calls into a readable line at most every `every_s`
+    seconds (always for the first and the last step). The ETA comes from the wall-clock pace
+    since the first step seen (evaluations and checkpoints included); until there is a pace,
+    from the loop's own `time/step_ms`."""
+
+    def __init__(self, stage: str, total: int | None = None, every_s: float = PROGRESS_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stage, self.total, self.every_s, self.clock = stage, total, every_s, clock
+        self.loss: float | None = None
+        self.val_loss: float | None = None
+        self.tokens_per_s: float | None = None
+        self.step_ms: float | None = None
+        self._first: tuple[float, int] | None = None
+        self._printed: float | None = None
+
+    def update(self, metrics: Mapping[str, Any], step: int) -> str | None:
+        """Record one metrics call; return the line to print now, or None."""
+        now = self.clock()
+        val = metrics.get("loss/val")
+        if isinstance(val, (int, float)):
+            self.val_loss = float(val)
+        loss = metrics.get("loss/train")
+        if not isinstance(loss, (int, float)):
+            return None  # an evaluation, a sample or data statistics: kept for the next line
+        self.loss = float(loss)
+        for key, attr in (("tps", "tokens_per_s"), ("time/step_ms", "step_ms")):
+            if isinstance(metrics.get(key), (int, float)):
+                setattr(self, attr, float(metrics[key]))
+        if self._first is None:
+            self._first = (now, step)
+        last = self.total is not None and step >= self.total
+        if self._printed is not None and now - self._printed < self.every_s and not last:
+            return None
+        self._printed = now
+        return format_progress(self.stage, step, self.total, self.loss, self.tokens_per_s,
+                               self.eta(step, now), self.val_loss)
+
+    def eta(self, step: int, now: float) -> float | None:
+        if self.total is None:
+            return None
+        left = max(0, self.total - step)
+        t0, s0 = self._first or (now, step)
+        if step > s0 and now > t0:
+            return left * (now - t0) / (step - s0)
+        if self.step_ms is not None:
+            return left * self.step_ms / 1000
+        return None
 
 
 class StageReporter:

@@ -29,7 +29,7 @@ import dagster as dg
 
 from wikigpt_core.artifacts import MANIFEST, content_hash, point_current, read_manifest
 from wikigpt_core.config import Settings, asset_root
-from wikigpt_core.pipes_bridge import StageReporter
+from wikigpt_core.pipes_bridge import ProgressMeter, StageReporter
 from wikigpt_core.spec import StageSpec
 from wikigpt_core.stages import Stage, fingerprint, resolve_spec, stage_code_version
 from wikigpt_pipeline import previews
@@ -49,12 +49,15 @@ NETWORK_RETRY = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPON
 
 
 class ContextReporter(StageReporter):
-    """The stage reporter of an in-process stage: progress goes to the Dagster run log, just
-    as a launched stage's Pipes messages do."""
+    """The stage reporter of an in-process stage: every metrics call goes to the Dagster run
+    log, just as a launched stage's Pipes messages do; the console (PROGRESS) gets a training
+    progress line (step/total, loss, tok/s, ETA) every few seconds."""
 
-    def __init__(self, stage: str, context: dg.AssetExecutionContext) -> None:
+    def __init__(self, stage: str, context: dg.AssetExecutionContext,
+                 total_steps: int | None = None) -> None:
         super().__init__(stage)
         self.context = context
+        self.progress = ProgressMeter(stage, total_steps)
 
     def log(self, message: str) -> None:
         self.context.log.info(f"[{self.stage}] {message}")
@@ -65,9 +68,10 @@ class ContextReporter(StageReporter):
     def _emit_metrics(self, metrics, step: int) -> None:
         from wikigpt_core.pipes_bridge import _format_metrics
 
-        line = _format_metrics(metrics, step)
-        self.context.log.info(f"[{self.stage}] {line}")
-        PROGRESS.info(f"{self.stage:<20}   {line}")
+        self.context.log.info(f"[{self.stage}] {_format_metrics(metrics, step)}")
+        line = self.progress.update(metrics, step)
+        if line:
+            PROGRESS.info(line)
 
 
 def is_complete(out: Path) -> bool:

@@ -26,6 +26,7 @@ class _RememberingReader(dg.PipesTempFileMessageReader):
     stage's traceback) can still be read after `PipesSubprocessClient.run` raised."""
 
     handler: dg.PipesMessageHandler | None = None
+    meter = None  # the stage's ProgressMeter (wikigpt_core.pipes_bridge)
 
     @contextmanager
     def read_messages(self, handler: dg.PipesMessageHandler) -> Iterator[dict]:
@@ -33,7 +34,7 @@ class _RememberingReader(dg.PipesTempFileMessageReader):
         handle = handler.handle_message
 
         def handle_and_show(message):
-            show_progress(message)
+            show_progress(message, self.meter)
             return handle(message)
 
         handler.handle_message = handle_and_show
@@ -41,17 +42,20 @@ class _RememberingReader(dg.PipesTempFileMessageReader):
             yield params
 
 
-def show_progress(message: dict) -> None:
-    """A stage's metric message as a progress line (wikigpt.progress; `wikigpt run` prints it)."""
-    from wikigpt_core.pipes_bridge import METRICS_MESSAGE, _format_metrics
+def show_progress(message: dict, meter) -> None:
+    """A stage's metric messages as a progress line every few seconds (wikigpt.progress;
+    `wikigpt run` prints it); `meter` is the stage's ProgressMeter."""
+    from wikigpt_core.pipes_bridge import METRICS_MESSAGE
 
-    if not isinstance(message, dict) or message.get("method") != "report_custom_message":
+    if meter is None or not isinstance(message, dict) or message.get("method") != "report_custom_message":
         return
     payload = (message.get("params") or {}).get("payload")
     if isinstance(payload, dict) and payload.get("type") == METRICS_MESSAGE:
         from wikigpt_pipeline.factory import PROGRESS
 
-        PROGRESS.info(f"{'':<20}   {_format_metrics(payload.get('metrics') or {}, payload.get('step', 0))}")
+        line = meter.update(payload.get("metrics") or {}, int(payload.get("step", 0)))
+        if line:
+            PROGRESS.info(line)
 
 
 def run_local(
@@ -66,7 +70,12 @@ def run_local(
     """`python -m wikigpt_core.run <stage> *cli_args` under Pipes; the result carries the stage's
     reported metadata and data_version plus `backend` and `wall_seconds`. With nproc > 1 the
     stage runs under torchrun in that many processes (`command.stage_command`)."""
+    from wikigpt_core.pipes_bridge import ProgressMeter, spec_planned_steps
+
     reader = _RememberingReader()
+    args = [str(a) for a in cli_args]
+    spec = args[args.index("--spec") + 1] if "--spec" in args[:-1] else None
+    reader.meter = ProgressMeter(stage, spec_planned_steps(spec) if spec else None)
     client = dg.PipesSubprocessClient(env=dict(env or {}), cwd=cwd, message_reader=reader)
     command = stage_command(stage_argv(stage, cli_args), nproc)
     context.log.info(f"[local] {' '.join(command)}")

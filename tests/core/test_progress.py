@@ -1,0 +1,84 @@
+"""The training progress line `wikigpt run` / `refresh` print (wikigpt.progress): step/total,
+loss, tok/s and an ETA, at most every few seconds, fed by the metric calls the training loops
+make (through the stage reporter, or the Pipes messages of a launched stage)."""
+from __future__ import annotations
+
+import re
+
+from wikigpt_core.config import _as_dict, load_settings
+from wikigpt_core.pipes_bridge import (PROGRESS_EVERY_S, ProgressMeter, format_duration,
+                                       format_progress, planned_steps, spec_planned_steps)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _row(loss: float, tps: float = 1955.0, step_ms: float = 520.0) -> dict:
+    """The keys a training log row carries (wikigpt_core.train.trainer._account)."""
+    return {"loss/train": loss, "grad_norm": 0.7, "lr": 2e-3, "tps": tps, "time/step_ms": step_ms,
+            "tokens": 1024}
+
+
+def test_the_line_carries_step_total_loss_tokens_per_second_and_eta():
+    line = format_progress("base_checkpoint", 120, 300, 4.21301, 1234.4, 151, val_loss=4.3012)
+    assert line.startswith("base_checkpoint      ")
+    assert "step 120/300  40%" in line
+    assert "loss 4.2130 (val 4.3012)" in line
+    assert "1,234 tok/s" in line
+    assert line.endswith("ETA 2m31s")
+
+
+def test_meter_pace_gives_the_eta_and_lines_come_every_few_seconds():
+    clock = Clock()
+    meter = ProgressMeter("base_checkpoint", total=300, clock=clock)
+    first = meter.update(_row(8.354, step_ms=500.0), 1)
+    assert first is not None and "step 1/300" in first
+    assert "ETA 2m30s" in first  # no pace yet: 299 steps at the loop's 500 ms per step
+
+    clock.t += PROGRESS_EVERY_S / 2
+    assert meter.update(_row(7.9), 10) is None  # too soon after the last line
+    assert meter.update({"loss/val": 6.559, "ppl/val": 705.5}, 10) is None  # eval rows never print
+
+    clock.t = 1000.0 + 99.0  # 99 steps in 99 s of wall clock: 1 step/s
+    line = meter.update(_row(6.599, tps=1955.2), 100)
+    assert re.search(r"step 100/300 +33%", line), line
+    assert "loss 6.5990 (val 6.5590)" in line
+    assert "1,955 tok/s" in line
+    assert "ETA 3m20s" in line  # 200 steps left at the measured pace
+
+    clock.t += 0.1
+    last = meter.update(_row(6.0), 300)  # the last step always prints
+    assert last is not None and "step 300/300 100%" in last and "ETA 0s" in last
+
+
+def test_data_rows_and_an_unknown_total():
+    meter = ProgressMeter("sft_checkpoint", total=None, clock=Clock())
+    # SFT reports its packing statistics at step 0: no loss, no line
+    assert meter.update({"sft/loss_fraction": 0.09, "sft/examples": 520}, 0) is None
+    line = meter.update(_row(5.7), 1)
+    assert "step 1/?" in line and "loss 5.7000" in line and line.endswith("ETA ?")
+
+
+def test_planned_steps_follow_the_profiles_training_sections(tmp_path):
+    tiny = load_settings("tiny", env=False)
+    tables = {"model": _as_dict(tiny.model), "pretrain": _as_dict(tiny.pretrain)}
+    assert planned_steps(tables) == tiny.pretrain.max_steps == 300
+    assert planned_steps({"sft": _as_dict(tiny.sft)}) == tiny.sft.max_steps
+    # 124m's SFT runs for epochs: the step count depends on the data, so no total is claimed
+    big = load_settings("124m", env=False)
+    assert big.sft.epochs is not None and planned_steps({"sft": _as_dict(big.sft)}) is None
+    assert planned_steps({"clean": {"min_chars": 800}}) is None
+
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"config": {"dpo": {"max_steps": 40, "epochs": null}}}')
+    assert spec_planned_steps(spec) == 40
+    assert spec_planned_steps(tmp_path / "missing.json") is None
+
+
+def test_durations():
+    assert [format_duration(s) for s in (0, 42.4, 151, 3600 * 22 + 5 * 60)] == ["0s", "42s", "2m31s", "22h05m"]
