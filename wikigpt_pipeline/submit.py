@@ -31,8 +31,6 @@ SUBMITTED_TAG = "wikigpt/submitted"
 """Run tag: which command put the run on the queue (`run` or `refresh`)."""
 REFRESH_PASS_TAG = "wikigpt/refresh_pass"
 
-_DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
-
 
 class SubmitError(RuntimeError):
     """The run could not be put on the queue (no queue, the code location failed to load...)."""
@@ -188,35 +186,47 @@ def _keys(location: Location, assets: Sequence[str] | None) -> list[dg.AssetKey]
 
 def wait(instance: dg.DagsterInstance, run_id: str, on_event: Callable[[str], None] = print,
          poll_s: float = 1.0, timeout_s: float | None = None) -> dg.DagsterRun:
-    """Follow a submitted run until it ends: one line per status change and per asset step
-    (started, done, failed) from the instance's event log. Returns the finished run."""
-    cursor, status, t0 = None, None, time.monotonic()
+    """Follow a submitted run until it ends: one line per status change (QUEUED, STARTING,
+    STARTED, SUCCESS...) and per asset step (started, done, failed), in the order of the
+    instance's event log. Returns the finished run."""
+    cursor, t0 = None, time.monotonic()
     while True:
-        run = instance.get_run_by_id(run_id)
+        run = instance.get_run_by_id(run_id)  # before reading: a finished run's events are all in
         if run is None:
             raise SubmitError(f"run {run_id} is not in the instance")
         conn = instance.get_records_for_run(run_id, cursor=cursor)
         for record in conn.records:
-            line = _describe(record.event_log_entry)
+            line = _describe(run_id, record.event_log_entry)
             if line:
                 on_event(line)
         cursor = conn.cursor
-        if run.status != status:
-            status = run.status
-            on_event(f"run {run_id[:8]} {status.value}")
-        if status in _DONE and not conn.has_more:
+        if conn.has_more:
+            continue
+        if run.is_finished:
             return run
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-            raise TimeoutError(f"run {run_id} still {status.value} after {timeout_s:.0f}s")
-        if not conn.has_more:
-            time.sleep(poll_s)
+            raise TimeoutError(f"run {run_id} still {run.status.value} after {timeout_s:.0f}s")
+        time.sleep(poll_s)
 
 
-def _describe(entry) -> str | None:
+_RUN_EVENTS = {
+    dg.DagsterEventType.RUN_ENQUEUED: "QUEUED", dg.DagsterEventType.RUN_STARTING: "STARTING",
+    dg.DagsterEventType.RUN_START: "STARTED", dg.DagsterEventType.RUN_SUCCESS: "SUCCESS",
+    dg.DagsterEventType.RUN_FAILURE: "FAILURE", dg.DagsterEventType.RUN_CANCELED: "CANCELED",
+}
+
+
+def _describe(run_id: str, entry) -> str | None:
     event = entry.dagster_event
-    if event is None or not event.step_key:
+    if event is None:
         return None
     kind = event.event_type
+    if kind in _RUN_EVENTS:
+        return f"run {run_id[:8]} {_RUN_EVENTS[kind]}"
+    if not event.step_key:
+        return None
+    if kind == dg.DagsterEventType.ENGINE_EVENT and "blocked by limit for pool" in (entry.message or ""):
+        return f"  {event.step_key:<20} waiting: {entry.message}"  # e.g. the gpu pool's one slot
     if kind == dg.DagsterEventType.STEP_START:
         return f"  {event.step_key:<20} started"
     if kind == dg.DagsterEventType.STEP_SUCCESS:
