@@ -17,8 +17,10 @@ Versions, all derived from what the spec holds:
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,16 @@ class StageSpec:
             if actual != ref.content_hash:
                 raise SpecError(f"input {name!r} at {ref.path} now hashes to {str(actual)[:12]}, not "
                                 f"{ref.content_hash[:12]} as resolved; re-resolve the spec")
+
+    def relocated(self, where: Callable[[str], str]) -> "StageSpec":
+        """The same spec with every path mapped by `where` (e.g. to a rented box's layout,
+        where `~` expands when the stage reads it). The version is unchanged: it hashes the
+        inputs' content, not their paths."""
+        def refs(table: dict[str, ArtifactRef]) -> dict[str, ArtifactRef]:
+            return {n: ArtifactRef(Path(where(str(r.path))), r.content_hash) for n, r in table.items()}
+
+        return dataclasses.replace(self, inputs=refs(self.inputs), lineage=refs(self.lineage),
+                                   out=Path(where(str(self.out))), work=Path(where(str(self.work))))
 
     # --- file form ---
     def to_json(self) -> dict[str, Any]:

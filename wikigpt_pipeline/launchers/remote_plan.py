@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -28,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from wikigpt_core.spec import StageSpec
 from wikigpt_core.stages import STAGES
 
 REMOTE_ROOT = "~/wikigpt_io"
@@ -151,21 +153,14 @@ def remote_args(cli_args: Sequence[str], mapper: _PathMapper) -> str:
     return " ".join(parts)
 
 
-def remote_spec(cli_args: Sequence[str], mapper: _PathMapper) -> tuple[list[str], dict | None]:
+def remote_spec(cli_args: Sequence[str], mapper: _PathMapper) -> tuple[list[str], StageSpec | None]:
     """If the args name a spec (`--spec FILE`), the spec with every path mapped to the remote
     layout, and the args pointing at its uploaded copy."""
-    import json
-
     args = [str(a) for a in cli_args]
     if "--spec" not in args:
         return args, None
     i = args.index("--spec")
-    spec = json.loads(Path(args[i + 1]).read_text())
-    for table in ("inputs", "lineage"):
-        for ref in spec[table].values():
-            ref["path"] = mapper.remote(ref["path"])
-    spec["out"] = mapper.remote(spec["out"])
-    spec["work"] = mapper.remote(spec["work"])
+    spec = StageSpec.read(Path(args[i + 1])).relocated(mapper.remote)
     return [*args[:i], "--spec", SPEC_MOUNT, *args[i + 2:]], spec
 
 
@@ -235,15 +230,12 @@ def plan_task(
     return RemotePlan(config=config, outputs=mapper.remote_outputs, remote_args=args)
 
 
-def _write_spec(spec: dict) -> Path:
+def _write_spec(spec: StageSpec) -> Path:
     """The remote spec as a local file to upload (named by its content: identical specs share it)."""
-    import json
     import tempfile
 
-    blob = json.dumps(spec, indent=2, sort_keys=True).encode()
-    path = Path(tempfile.gettempdir()) / f"wikigpt-spec-{hashlib.sha256(blob).hexdigest()[:16]}.json"
-    path.write_bytes(blob)
-    return path
+    blob = json.dumps(spec.to_json(), sort_keys=True).encode()
+    return spec.write(Path(tempfile.gettempdir()) / f"wikigpt-spec-{hashlib.sha256(blob).hexdigest()[:16]}.json")
 
 
 def check_nodes(config: Mapping[str, Any]) -> None:
