@@ -121,13 +121,15 @@ def format_duration(seconds: float) -> str:
 
 def format_progress(stage: str, step: int, total: int | None, loss: float | None,
                     tokens_per_s: float | None, eta_s: float | None,
-                    val_loss: float | None = None) -> str:
+                    val_loss: float | None = None, val_step: int | None = None) -> str:
     """One progress line of a training stage, e.g.
-    `base_checkpoint        step 120/300  40%  loss 4.2130 (val 4.3012)  1,234 tok/s  ETA 2m31s`."""
+    `base_checkpoint        step 120/300  40%  loss 4.2130 (val@100 4.3012)  1,234 tok/s  ETA 2m31s`
+    (the last validation loss and the step it was measured at)."""
     where = f"step {step}/{total} {100 * step / total:3.0f}%" if total else f"step {step}/?"
     parts = [where]
     if loss is not None:
-        parts.append(f"loss {loss:.4f}" + (f" (val {val_loss:.4f})" if val_loss is not None else ""))
+        val = f" (val@{val_step} {val_loss:.4f})" if val_loss is not None else ""
+        parts.append(f"loss {loss:.4f}{val}")
     if tokens_per_s is not None:
         parts.append(f"{tokens_per_s:,.0f} tok/s")
     parts.append(f"ETA {format_duration(eta_s)}" if eta_s is not None else "ETA ?")
@@ -136,7 +138,8 @@ def format_progress(stage: str, step: int, total: int | None, loss: float | None
 
 class ProgressMeter:
     """Turns a training loop's metric calls into a readable line at most every `every_s`
-    seconds (always for the first and the last step). The ETA comes from the wall-clock pace
+    seconds (always for the first and the last step, and for the validation after the last
+    step). The ETA comes from the wall-clock pace
     since the first step seen (evaluations and checkpoints included); until there is a pace,
     from the loop's own `time/step_ms`."""
 
@@ -145,6 +148,7 @@ class ProgressMeter:
         self.stage, self.total, self.every_s, self.clock = stage, total, every_s, clock
         self.loss: float | None = None
         self.val_loss: float | None = None
+        self.val_step: int | None = None
         self.tokens_per_s: float | None = None
         self.step_ms: float | None = None
         self._first: tuple[float, int] | None = None
@@ -155,22 +159,31 @@ class ProgressMeter:
         now = self.clock()
         val = metrics.get("loss/val")
         if isinstance(val, (int, float)):
-            self.val_loss = float(val)
+            self.val_loss, self.val_step = float(val), step
         loss = metrics.get("loss/train")
         if not isinstance(loss, (int, float)):
-            return None  # an evaluation, a sample or data statistics: kept for the next line
+            # an evaluation, a sample or data statistics: kept for the next line, except the
+            # validation after the last step, which no later line would show
+            if val is not None and self.loss is not None and self._is_last(step):
+                return self._line(step, now)
+            return None
         self.loss = float(loss)
         for key, attr in (("tps", "tokens_per_s"), ("time/step_ms", "step_ms")):
             if isinstance(metrics.get(key), (int, float)):
                 setattr(self, attr, float(metrics[key]))
         if self._first is None:
             self._first = (now, step)
-        last = self.total is not None and step >= self.total
-        if self._printed is not None and now - self._printed < self.every_s and not last:
+        if self._printed is not None and now - self._printed < self.every_s and not self._is_last(step):
             return None
+        return self._line(step, now)
+
+    def _is_last(self, step: int) -> bool:
+        return self.total is not None and step >= self.total
+
+    def _line(self, step: int, now: float) -> str:
         self._printed = now
         return format_progress(self.stage, step, self.total, self.loss, self.tokens_per_s,
-                               self.eta(step, now), self.val_loss)
+                               self.eta(step, now), self.val_loss, self.val_step)
 
     def eta(self, step: int, now: float) -> float | None:
         if self.total is None:
