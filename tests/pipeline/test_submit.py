@@ -60,14 +60,18 @@ def _env(home: Path, root: Path) -> dict[str, str]:
                          "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _wikigpt(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "wikigpt_pipeline.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _wikigpt(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """The CLI as a person runs it; stderr (code server notices) to `log`, stdout to a pipe."""
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "wikigpt_pipeline.cli", *args], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    proc.log = log
+    return proc
 
 
 def _finish(proc: subprocess.Popen) -> str:
-    out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}:\n{out}\n{err[-3000:]}"
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}:\n{out}\n{proc.log.read_text()[-3000:]}"
     return out
 
 
@@ -80,9 +84,11 @@ def submitted(tmp_path_factory):
     ws = _workspace(root)
     home, refresh_home = _home(root / "runs"), _home(root / "refresh")
     env, refresh_env = _env(home, root / "runs"), _env(refresh_home, root / "refresh")
-    first = _wikigpt(["run", "--submit", "--workspace", str(ws), "--select", STAGES[0]], env)
-    waiting = _wikigpt(["run", "--submit", "--workspace", str(ws), "--select", STAGES[1], "--wait"], env)
-    refresh = _wikigpt(["refresh", "--submit", "--workspace", str(ws)], refresh_env)
+    first = _wikigpt(["run", "--submit", "--workspace", str(ws), "--select", STAGES[0]], env,
+                     root / "first.err")
+    waiting = _wikigpt(["run", "--submit", "--workspace", str(ws), "--select", STAGES[1], "--wait"], env,
+                       root / "waiting.err")
+    refresh = _wikigpt(["refresh", "--submit", "--workspace", str(ws)], refresh_env, root / "refresh.err")
     try:
         outs = {STAGES[0]: _finish(first),
                 STAGES[1]: waiting.stdout.readline() + waiting.stdout.readline()}  # queued; no daemon
@@ -90,7 +96,7 @@ def submitted(tmp_path_factory):
         run_ids = {}
         for stage, out in outs.items():
             m = QUEUED_LINE.search(out)
-            assert m, f"{out}\n{waiting.stderr.read() if waiting.poll() is not None else ''}"
+            assert m, f"{out}\n{(root / 'waiting.err').read_text()[-3000:]}"
             run_ids[stage] = m.group(1)
         m = QUEUED_LINE.search(refresh_out)
         assert m, refresh_out
