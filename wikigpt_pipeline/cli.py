@@ -108,6 +108,9 @@ def _check_submit_flags(parser: argparse.ArgumentParser, args) -> None:
                          "(and WIKIGPT_CONFIG) where the daemon runs, and the same here")
         if getattr(args, "dry_run", False):
             parser.error("--dry-run and --submit exclude each other")
+        if args.verbose:
+            parser.error("--verbose does not apply to --submit: the daemon's run keeps its whole "
+                         "event log, in the UI")
         return
     for flag in ("wait", "workspace", "select"):
         if getattr(args, flag, None):
