@@ -11,10 +11,18 @@ Identifier: py3langid (the langid.py model, 97 languages, numpy; the model ships
 wheel as an `.npz.xz`, loaded without pickle, nothing is downloaded). It scores a prefix of the
 text; an article is kept when the normalized probability of the target language reaches
 `CleanConfig.min_language_prob`. Measured speed: `benchmarks/language_id.py`.
+
+Unpacking the LZMA-compressed model costs every process (each cleaning worker) ~0.5 CPU-second,
+so the first process keeps the unpacked `.npz` (~70 MB) under `$WIKIGPT_HOME/_cache/py3langid/`,
+keyed by the SHA-1 of the wheel's model file; later processes load that in ~0.15 s. Same arrays,
+same identifier (a test checks them against the wheel's own loader); when the cache cannot be
+written or read, the wheel's loader is used.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -77,9 +85,43 @@ def artifact_language(artifact_dir: Path) -> str:
 
 @functools.cache
 def _identifier():
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+    from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
 
-    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    try:
+        return _unpacked_identifier(MODEL_DIR / MODEL_FILE, LanguageIdentifier)
+    except (OSError, ValueError, KeyError, ImportError, AttributeError):
+        return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def model_cache_dir() -> Path:
+    home = Path(os.environ.get("WIKIGPT_HOME", Path.home() / ".wikigpt")).expanduser()
+    return home / "_cache" / "py3langid"
+
+
+def _unpacked_identifier(model: Path, identifier_cls):
+    """The identifier `identifier_cls.from_model_file(model, norm_probs=True)` builds, read
+    from the unpacked model in the cache (written first if missing)."""
+    import lzma
+    import shutil
+
+    import numpy as np
+    from py3langid.modelio import _to_array
+
+    cached = model_cache_dir() / f"model-{hashlib.sha1(model.read_bytes()).hexdigest()[:16]}.npz"
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        try:
+            with lzma.open(model) as src, tmp.open("wb") as dst:
+                shutil.copyfileobj(src, dst, length=1 << 20)
+            os.replace(tmp, cached)  # atomic: concurrent workers each write their own tmp
+        finally:
+            tmp.unlink(missing_ok=True)
+    with np.load(cached, allow_pickle=False) as data:  # the layout py3langid's load_model reads
+        ptc, pc, classes = data["ptc"], data["pc"], data["classes"].tolist()
+        nextmove, row = _to_array(data["nextmove"]), _to_array(data["nextmove_row"])
+        output = data["out_feat"].tolist()
+    return identifier_cls(np.asarray(ptc), np.asarray(pc), classes, nextmove, output, norm_probs=True, tk_row=row)
 
 
 def supported_languages() -> frozenset[str]:
