@@ -162,8 +162,10 @@ class BatchDecoder:
         return touched
 
     def prepare(self) -> None:
-        """Pack the weights now (otherwise the first step does it)."""
+        """Pack the weights and allocate the cache now (otherwise the first request does)."""
         self._net()
+        if self._cache is None:
+            self._cache = self.model.new_ragged_cache(self.max_batch)
 
     def run(self, seqs: list[Sequence]) -> list[Sequence]:
         """Decode `seqs` to the end (at most max_batch at a time); returns them."""
