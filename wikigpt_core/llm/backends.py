@@ -51,17 +51,13 @@ class OpenAIBackend:
         except (httpx.TimeoutException, httpx.TransportError) as e:
             raise RetryableError(f"{url}: {type(e).__name__}") from None
         if r.status_code == 429 or r.status_code >= 500:
-            raise RetryableError(f"{url} answered HTTP {r.status_code}")
+            raise RetryableError(f"{url} answered HTTP {r.status_code}: {r.text[:200]!r}{_format_hint(body, r.text)}")
         if r.status_code != 200:
             # Any other 4xx is deterministic (bad model name, bad key, a prompt too long for the
             # context): sending it again would fail the same way and cost the same.
-            hint = ""
-            if "response_format" in body and any(w in r.text for w in ("response_format", "json_schema", "schema")):
-                hint = (" (the endpoint may not take this response_format: teacher.schema_format = "
-                        "'json_object' suits llama-cpp-python's server; teacher.json_schema = false sends none)")
             raise TeacherError(
                 f"{url} answered HTTP {r.status_code}: {r.text[:200]!r}; check teacher.base_url, "
-                f"teacher.model ({self.model!r}) and the API key env var{hint}")
+                f"teacher.model ({self.model!r}) and the API key env var{_format_hint(body, r.text)}")
         try:
             data = r.json()
             text = data["choices"][0]["message"]["content"] or ""
@@ -72,3 +68,13 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _format_hint(body: dict[str, Any], error: str) -> str:
+    """Which setting to change when an endpoint refused the request's response_format (some
+    answer 4xx, llama-cpp-python's server answers 500 to a type it does not know)."""
+    if "response_format" not in body or "response_format" not in error:
+        return ""
+    return (" (the endpoint refused this response_format: teacher.schema_format = 'json_object' suits "
+            "llama-cpp-python's server, 'json_schema' vLLM and llama-server; teacher.json_schema = false "
+            "sends no schema)")

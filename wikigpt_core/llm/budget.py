@@ -87,9 +87,12 @@ class FailureBudget:
                 f"only {got} {self.unit} resulted, fewer than the minimum of {minimum} ({setting})")
 
     def stats(self, prefix: str = "teacher_") -> dict[str, float | int]:
-        """Replies accepted and failed, and requests actually sent per accepted item."""
+        """Replies accepted and failed, and requests actually sent per accepted reply and per
+        item asked for (the figure the budget error gives too, so success and trip compare)."""
+        sent = self.client.usage.requests
         return {f"{prefix}replies_accepted": self.accepted, f"{prefix}replies_failed": self.failed,
-                f"{prefix}requests_per_item": round(self.client.usage.requests / max(1, self.accepted), 3)}
+                f"{prefix}requests_per_item": round(sent / max(1, self.accepted), 3),
+                f"{prefix}requests_per_item_asked": round(sent / max(1, self.asked), 3)}
 
     def _error(self, why: str) -> TeacherBudgetError:
         err = TeacherBudgetError(self._message(why))
