@@ -89,6 +89,9 @@ def _format_metrics(metrics: Mapping[str, Any], step: int) -> str:
     return f"step {step}: " + " ".join(parts)
 
 
+TOTAL_STEPS = "steps/total"
+"""Metrics key: a training run's optimizer step count (the trainer's rows carry it, so an
+epochs-based run has a total and an ETA too)."""
 PROGRESS_EVERY_S = 5.0
 """A training stage's console progress line comes at most this often (plus its last step)."""
 
@@ -157,6 +160,9 @@ class ProgressMeter:
     def update(self, metrics: Mapping[str, Any], step: int) -> str | None:
         """Record one metrics call; return the line to print now, or None."""
         now = self.clock()
+        total = metrics.get(TOTAL_STEPS)
+        if isinstance(total, int) and total > 0:
+            self.total = total
         val = metrics.get("loss/val")
         if isinstance(val, (int, float)):
             self.val_loss, self.val_step = float(val), step

@@ -60,11 +60,17 @@ def test_meter_pace_gives_the_eta_and_lines_come_every_few_seconds():
 
 
 def test_data_rows_and_an_unknown_total():
-    meter = ProgressMeter("sft_checkpoint", total=None, clock=Clock())
+    clock = Clock()
+    meter = ProgressMeter("sft_checkpoint", total=None, clock=clock)
     # SFT reports its packing statistics at step 0: no loss, no line
     assert meter.update({"sft/loss_fraction": 0.09, "sft/examples": 520}, 0) is None
     line = meter.update(_row(5.7), 1)
     assert "step 1/?" in line and "loss 5.7000" in line and line.endswith("ETA ?")
+    # the trainer's rows carry its step count (an epochs-based run knows it once the data is
+    # packed): from then on the line has a total and an ETA
+    clock.t += 10
+    line = meter.update({**_row(5.6), "steps/total": 40}, 2)
+    assert "step 2/40" in line and "ETA ?" not in line
 
 
 def test_planned_steps_follow_the_profiles_training_sections(tmp_path):

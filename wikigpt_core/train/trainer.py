@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from wikigpt_core.pipes_bridge import TOTAL_STEPS
 from wikigpt_core.train.checkpoint import Checkpointer
 from wikigpt_core.train.metrics import MetricLogger, gpu_peak_flops
 from wikigpt_core.train.runtime import Runtime, build_optimizer, should_compile
@@ -121,6 +122,7 @@ class Trainer:
         row["tps"] = tokens / max(seconds, 1e-9)
         row["time/step_ms"] = 1000 * seconds / steps
         row["tokens"] = self.state.tokens
+        row[TOTAL_STEPS] = self.max_steps  # known here even when the config sets epochs
         if self.flops_per_token and self.peak:
             row["mfu"] = row["tps"] * self.flops_per_token / (self.peak * self.runtime.world_size)
         self.state.last = row
