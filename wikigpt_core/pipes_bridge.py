@@ -122,13 +122,20 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+BAR_WIDTH = 20
+
+
 def format_progress(stage: str, step: int, total: int | None, loss: float | None,
                     tokens_per_s: float | None, eta_s: float | None,
                     val_loss: float | None = None, val_step: int | None = None) -> str:
     """One progress line of a training stage, e.g.
-    `base_checkpoint        step 120/300  40%  loss 4.2130 (val@100 4.3012)  1,234 tok/s  ETA 2m31s`
+    `base_checkpoint        [########............] step 120/300  40%  loss 4.2130 (val@100 4.3012)  1,234 tok/s  ETA 2m31s`
     (the last validation loss and the step it was measured at)."""
-    where = f"step {step}/{total} {100 * step / total:3.0f}%" if total else f"step {step}/?"
+    if total:
+        filled = min(BAR_WIDTH, BAR_WIDTH * step // total)
+        where = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] step {step}/{total} {100 * step / total:3.0f}%"
+    else:
+        where = f"step {step}/?"
     parts = [where]
     if loss is not None:
         val = f" (val@{val_step} {val_loss:.4f})" if val_loss is not None else ""

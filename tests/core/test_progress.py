@@ -27,7 +27,7 @@ def _row(loss: float, tps: float = 1955.0, step_ms: float = 520.0) -> dict:
 def test_the_line_carries_step_total_loss_tokens_per_second_and_eta():
     line = format_progress("base_checkpoint", 120, 300, 4.21301, 1234.4, 151, val_loss=4.3012, val_step=100)
     assert line.startswith("base_checkpoint      ")
-    assert "step 120/300  40%" in line
+    assert "[########............] step 120/300  40%" in line
     assert "loss 4.2130 (val@100 4.3012)" in line
     assert "1,234 tok/s" in line
     assert line.endswith("ETA 2m31s")
@@ -54,6 +54,7 @@ def test_meter_pace_gives_the_eta_and_lines_come_every_few_seconds():
     clock.t += 0.1
     last = meter.update(_row(6.0), 300)  # the last step always prints
     assert last is not None and "step 300/300 100%" in last and "ETA 0s" in last
+    assert "[" + "#" * 20 + "]" in last
     # the validation after the last step comes as its own row: it gets a line too
     final = meter.update({"loss/val": 5.95, "ppl/val": 383.0}, 300)
     assert final is not None and "loss 6.0000 (val@300 5.9500)" in final
