@@ -5,6 +5,7 @@ training samples all come through here.
 - `sampling`: greedy / temperature / nucleus choice, per-sequence seeding, log-probabilities;
 - `text`: UTF-8-safe incremental text and stop strings;
 - `batch`: the continuous-batching decoder over the model's ragged KV cache;
+- `packed`: the model with oneDNN-prepacked linear weights, what the decoder runs on CPU;
 - `replies`: seeded chat replies for evaluation and preference sampling;
 - `generate_chat` / `generate_ids` below: the blocking entry points for batch jobs.
 """
