@@ -10,6 +10,7 @@ import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not re-exported at top level
 
 from wikigpt_pipeline.launchers.command import stage_command
+from wikigpt_pipeline.launchers.progress import progress_meter, show_progress
 from wikigpt_pipeline.launchers.results import StageLaunchError, build_result, error_message
 
 
@@ -42,22 +43,6 @@ class _RememberingReader(dg.PipesTempFileMessageReader):
             yield params
 
 
-def show_progress(message: dict, meter) -> None:
-    """A stage's metric messages as a progress line every few seconds (wikigpt.progress;
-    `wikigpt run` prints it); `meter` is the stage's ProgressMeter."""
-    from wikigpt_core.pipes_bridge import METRICS_MESSAGE
-
-    if meter is None or not isinstance(message, dict) or message.get("method") != "report_custom_message":
-        return
-    payload = (message.get("params") or {}).get("payload")
-    if isinstance(payload, dict) and payload.get("type") == METRICS_MESSAGE:
-        from wikigpt_pipeline.factory import PROGRESS
-
-        line = meter.update(payload.get("metrics") or {}, int(payload.get("step", 0)))
-        if line:
-            PROGRESS.info(line)
-
-
 def run_local(
     context: dg.AssetExecutionContext | dg.OpExecutionContext,
     stage: str,
@@ -70,12 +55,8 @@ def run_local(
     """`python -m wikigpt_core.run <stage> *cli_args` under Pipes; the result carries the stage's
     reported metadata and data_version plus `backend` and `wall_seconds`. With nproc > 1 the
     stage runs under torchrun in that many processes (`command.stage_command`)."""
-    from wikigpt_core.pipes_bridge import ProgressMeter, spec_planned_steps
-
     reader = _RememberingReader()
-    args = [str(a) for a in cli_args]
-    spec = args[args.index("--spec") + 1] if "--spec" in args[:-1] else None
-    reader.meter = ProgressMeter(stage, spec_planned_steps(spec) if spec else None)
+    reader.meter = progress_meter(stage, cli_args)
     client = dg.PipesSubprocessClient(env=dict(env or {}), cwd=cwd, message_reader=reader)
     command = stage_command(stage_argv(stage, cli_args), nproc)
     context.log.info(f"[local] {' '.join(command)}")

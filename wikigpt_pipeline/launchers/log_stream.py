@@ -23,6 +23,8 @@ from typing import Iterator, TextIO
 
 import dagster as dg
 
+from wikigpt_pipeline.launchers.progress import show_progress
+
 _MESSAGE_START = '{"__dagster_pipes_version"'
 DEFAULT_TAIL_LINES = 60
 
@@ -36,6 +38,9 @@ class LogStreamMessageReader(dg.PipesMessageReader):
         self._echo = echo
         self._lock = threading.Lock()
         self.messages_seen = 0
+
+    meter = None
+    """The stage's ProgressMeter: its metrics become console progress lines, as locally."""
 
     @contextmanager
     def read_messages(self, handler: dg.PipesMessageHandler) -> Iterator[dict]:
@@ -58,6 +63,7 @@ class LogStreamMessageReader(dg.PipesMessageReader):
             if message is not None:
                 with self._lock:
                     self.messages_seen += 1
+                    show_progress(message, self.meter)
                     self._handler.handle_message(message)
                 return
         with self._lock:
