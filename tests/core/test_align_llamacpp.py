@@ -17,7 +17,6 @@ Requests per example are printed for both (run with -s to see them).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
