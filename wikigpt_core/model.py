@@ -13,13 +13,11 @@ Extras beyond the course:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wikigpt_core.generation.sampling import sample_next  # the one sampling rule (re-exported)
 from wikigpt_core.model_config import GPTConfig
 
 IGNORE_INDEX = -100
@@ -289,67 +287,6 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, V)
         loss = token_loss(logits, targets)
         return logits, loss
-
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, stop_ids=None, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """idx (B, T) followed by up to max_new_tokens sampled tokens.
-
-        A stop id, when produced, IS included as the last token. With B > 1 decoding goes on
-        until every row has stopped; rows that stopped early are padded with their stop id."""
-        stop = torch.tensor(sorted(set(stop_ids or ())), dtype=torch.long, device=idx.device)
-        out = [idx]
-        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        last = None
-        for nxt in self._decode(idx, max_new_tokens, temperature, top_p, use_cache, generator):
-            if last is not None:
-                nxt = torch.where(done, last, nxt)  # stopped rows repeat their stop id
-            out.append(nxt[:, None])
-            last = nxt
-            if stop.numel():
-                done |= torch.isin(nxt, stop)
-                if bool(done.all()):
-                    break
-        return torch.cat(out, dim=1)
-
-    @torch.no_grad()
-    def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                        top_p: float = 1.0, stop_ids=None, use_cache: bool = True,
-                        generator: torch.Generator | None = None) -> Iterator[int]:
-        """Yield new token ids one at a time for a single sequence (idx of shape (1, T) or (T,)).
-        A stop id is yielded (so the caller knows why it ended) and then the stream ends."""
-        if idx.dim() == 1:
-            idx = idx[None]
-        if idx.shape[0] != 1:
-            raise ValueError("generate_stream takes a single sequence (batch size 1)")
-        stop = set(stop_ids or ())
-        for nxt in self._decode(idx, max_new_tokens, temperature, top_p, use_cache, generator):
-            token = int(nxt[0])
-            yield token
-            if token in stop:
-                return
-
-    def _decode(self, idx, max_new_tokens, temperature, top_p, use_cache, generator):
-        """Yield the next token (B,) per step. Context is cropped from the left to block_size.
-        With the cache, the prompt is prefilled once and each step feeds one token. Once the
-        context is full, each step re-prefills the last block_size tokens: exactly the cropped
-        full-recompute result (no cache speedup past the context length, never a wrong one)."""
-        block = self.config.block_size
-        seq = idx
-        cache, fed = None, None
-        for _ in range(max_new_tokens):
-            if not use_cache:
-                logits, _ = self(seq[:, -block:])
-            elif cache is None or cache.pos >= block:
-                cache = self.new_cache(seq.shape[0])
-                logits, _ = self(seq[:, -block:], cache=cache)
-            else:
-                logits, _ = self(fed[:, None], cache=cache)
-            nxt = sample_next(logits[:, -1, :], temperature, top_p, generator)
-            fed = nxt
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
-            yield nxt
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

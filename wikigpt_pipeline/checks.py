@@ -238,20 +238,18 @@ def dpo_near_sft(settings: Settings, path: Path):
         description="The release folder loads back (Llama config + safetensors + tokenizer) and "
                     "generates a token.")
 def release_loads(settings: Settings, path: Path):
-    import torch
-
     from wikigpt_core.chat import render_prompt
+    from wikigpt_core.generation import SamplingParams, generate_ids
     from wikigpt_core.release.hf_export import load_release_model
     from wikigpt_core.tokenizer import WikiTokenizer
 
     model = load_release_model(path)
     tok = WikiTokenizer.load(path)
     prompt = render_prompt([{"role": "user", "content": "What is anarchism?"}], tok)
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=8, temperature=0.0,
-                         stop_ids=[tok.end_id])
-    new_tokens = out.shape[1] - len(prompt)
+    (reply,) = generate_ids(model, [prompt], [SamplingParams(max_new_tokens=8, temperature=0.0)], tok=tok)
+    new_tokens = len(reply.tokens)
     ok = new_tokens >= 1 and tok.vocab_size == model.config.vocab_size
-    return ok, {"generated_tokens": new_tokens, "sample": tok.decode(out[0, len(prompt):].tolist())}, \
+    return ok, {"generated_tokens": new_tokens, "sample": tok.decode(reply.tokens)}, \
         "release loads and generates" if ok else "release did not generate"
 
 

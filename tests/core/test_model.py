@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.core.train_support import single_thread  # noqa: F401 (fixture)
-from wikigpt_core.model import GPT, GPTConfig, document_layout, sample_next
+from tests.core.train_support import greedy_recompute, single_thread  # noqa: F401 (fixture)
+from wikigpt_core.generation import SamplingParams, generate_ids, sample_next
+from wikigpt_core.model import GPT, GPTConfig, document_layout
 from wikigpt_core.model_io import CheckpointError, load_model, save_model
 
 TINY = GPTConfig(vocab_size=256, block_size=32, n_layer=2, n_head=2, n_embd=32, mlp_multiple_of=16)
@@ -142,31 +143,15 @@ def test_kv_cache_logits_equal_full_recompute():
     assert cache.pos == 20
 
 
-@pytest.mark.parametrize("prompt_len,new", [(5, 10), (20, 30)])  # the second runs past block_size
-def test_generate_with_cache_equals_without(prompt_len, new):
+@pytest.mark.parametrize("prompt_len,new", [(5, 10), (20, 30)])  # the second fills the context
+def test_cached_greedy_decode_equals_full_recompute(prompt_len, new):
     model = tiny_model(3)
-    x = torch.randint(0, 256, (2, prompt_len))
-    fast = model.generate(x, new, temperature=0)
-    slow = model.generate(x, new, temperature=0, use_cache=False)
-    assert fast.shape == (2, prompt_len + new)
-    assert torch.equal(fast, slow)
-    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    s1 = model.generate(x, new, temperature=0.9, top_p=0.9, generator=g1)
-    s2 = model.generate(x, new, temperature=0.9, top_p=0.9, generator=g2, use_cache=False)
-    assert torch.equal(s1, s2)
-
-
-def test_generate_stops_and_stream_matches():
-    model = tiny_model(4)
-    x = torch.randint(0, 256, (1, 6))
-    free = model.generate(x, 12, temperature=0)[0, 6:].tolist()
-    stop = free[4]
-    first = free.index(stop)
-    out = model.generate(x, 12, temperature=0, stop_ids=[stop])
-    assert out[0, 6:].tolist() == free[:first + 1]  # the stop id is included, then it ends
-    streamed = list(model.generate_stream(x, 12, temperature=0, stop_ids=[stop]))
-    assert streamed == free[:first + 1]
-    assert list(model.generate_stream(x[0], 12, temperature=0)) == free
+    prompts = torch.randint(4, 256, (2, prompt_len)).tolist()
+    out = generate_ids(model, prompts, [SamplingParams(new, 0.0, 1.0)] * 2)
+    for p, seq in zip(prompts, out):
+        assert seq.tokens == greedy_recompute(model, p, new)
+        full = len(p) + new >= model.config.block_size
+        assert seq.finish_reason in (("length",) if full else ("length", "stop"))
 
 
 def test_sample_next_nucleus_and_greedy():

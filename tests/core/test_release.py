@@ -17,6 +17,7 @@ import test_release_support as support  # noqa: E402
 
 from wikigpt_core.artifacts import content_hash  # noqa: E402
 from wikigpt_core.chat import CHAT_TEMPLATE, render_prompt  # noqa: E402
+from wikigpt_core.generation import SamplingParams, generate_ids  # noqa: E402
 from wikigpt_core.release.hf_export import (ConversionError, core_to_hf, gpt_config_from_llama,  # noqa: E402
                                             hf_to_core, load_release_model)
 
@@ -54,8 +55,8 @@ def test_transformers_logits_equal_core(built):
     prompt = torch.tensor([render_prompt(CONVERSATIONS[1], tok)])
     with torch.no_grad():
         hf_out = hf.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)
-        core_out = model.generate(prompt, max_new_tokens=12, temperature=0.0)
-    assert hf_out.tolist() == core_out.tolist()
+    (core,) = generate_ids(model, prompt.tolist(), [SamplingParams(12, 0.0, 1.0)])
+    assert core.tokens and hf_out[0, prompt.shape[1]:].tolist()[:len(core.tokens)] == core.tokens
 
 
 @pytest.mark.parametrize("conversation", CONVERSATIONS)

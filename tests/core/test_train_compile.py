@@ -25,6 +25,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from tests.core.train_support import (  # noqa: F401 (fixture)
+    greedy_recompute,
     make_pairs,
     make_sft_dataset,
     make_shards,
@@ -33,6 +34,7 @@ from tests.core.train_support import (  # noqa: F401 (fixture)
     micro_train,
     single_thread,
 )
+from wikigpt_core.generation import SamplingParams, generate_ids
 from wikigpt_core.model import GPT
 from wikigpt_core.train.data import BlockBatches, TokenShards, encode_pairs, pack_examples, pair_tensors, render_sft_file
 from wikigpt_core.train.metrics import MetricLogger
@@ -233,16 +235,17 @@ def trained_micro(tok, tmp_path_factory):
 
 def test_kv_cache_decode_under_bf16_autocast_matches_fp32_greedy_text(tok, trained_micro):
     prompts = ["The river", "Famous painter born in the", "Church"]
+    greedy = [SamplingParams(24, 0.0, 1.0)]
     for text in prompts:
-        idx = torch.tensor([[tok.doc_id] + tok.encode(text)])
-        fp32 = trained_micro.generate(idx, 24, temperature=0.0, use_cache=True)
+        idx = [tok.doc_id] + tok.encode(text)
+        (fp32,) = generate_ids(trained_micro, [idx], greedy, tok=tok)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             cache = trained_micro.new_cache(1)
-            bf16 = trained_micro.generate(idx, 24, temperature=0.0, use_cache=True)
-            bf16_nocache = trained_micro.generate(idx, 24, temperature=0.0, use_cache=False)
+            (bf16,) = generate_ids(trained_micro, [idx], greedy, tok=tok)
+            bf16_nocache = greedy_recompute(trained_micro, idx, 24)
         assert cache.k[0].dtype == torch.bfloat16  # the cache really holds bf16 keys/values
-        assert tok.decode(bf16[0].tolist()) == tok.decode(fp32[0].tolist()), text
-        assert torch.equal(bf16, bf16_nocache), text  # the bf16 cache path equals recomputation
+        assert bf16.tokens == fp32.tokens and bf16.text == fp32.text, text
+        assert bf16.tokens == bf16_nocache, text  # the bf16 cache path equals recomputation
 
 
 # ------------------------------------------------------------------ the settings themselves

@@ -137,3 +137,20 @@ def stage_spec(directory: Path, stage: str, toml: str, inputs: dict[str, Path], 
     conf.write_text(toml)
     settings = load_settings("tiny", conf, env=False)
     return resolve_spec(settings, stage, inputs, out=out, work=work).write(directory / f"{stage}.spec.json")
+
+
+def greedy_recompute(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation by full recomputation, no cache: the reference the cached decoders
+    are checked against. Ends after a stop id, or when the context is full."""
+    from wikigpt_core.generation import STOP_IDS
+
+    seq, out = list(prompt), []
+    with torch.no_grad():
+        while len(out) < max_new_tokens and len(seq) < model.config.block_size:
+            logits, _ = model(torch.tensor([seq]))
+            token = int(logits[0, -1].argmax())
+            out.append(token)
+            seq.append(token)
+            if token in STOP_IDS:
+                break
+    return out

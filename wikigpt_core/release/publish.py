@@ -52,19 +52,16 @@ def sha256_files(folder: Path) -> dict[str, str]:
 
 def smoke_test(folder: Path) -> str:
     """Load a release folder with the core loader and greedily generate a few tokens."""
-    import torch
-
     from wikigpt_core.chat import render_prompt
+    from wikigpt_core.generation import SamplingParams, generate_ids
     from wikigpt_core.release.hf_export import load_release_model
     from wikigpt_core.tokenizer import WikiTokenizer
 
     model = load_release_model(folder)
     tok = WikiTokenizer.load(folder)
     ids = render_prompt([{"role": "user", "content": "What is Wikipedia?"}], tok)
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=8, temperature=0.0,
-                             stop_ids=[tok.end_id])
-    return tok.decode(out[0, len(ids):].tolist())
+    (reply,) = generate_ids(model, [ids], [SamplingParams(max_new_tokens=8, temperature=0.0)], tok=tok)
+    return tok.decode(reply.tokens)
 
 
 def publish(folder: Path, target: HubTarget, commit_message: str = "WikiGPT release") -> dict[str, str]:
