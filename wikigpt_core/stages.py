@@ -209,7 +209,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("eval_report", _eval_report, EVAL_INPUTS, ("eval", "teacher"), "1", "evaluation",
           ("markdown", "json"), launched=True, task="eval", gpu=True, network=True, teacher=True,
           preview="eval_report"),
-    Stage("hf_release", _hf_release, ("dpo_checkpoint", "tokenizer", "eval_report"), ("release",), "1",
+    Stage("hf_release", _hf_release, ("dpo_checkpoint", "tokenizer", "eval_report"), ("release",), "2",
           "release", ("huggingface",), network=True, preview="model_card"),
 ]}
 ASSET_NAMES = tuple(STAGES)
