@@ -132,12 +132,18 @@ class TrainConfig:
     state stay float32 either way."""
     dpo_beta: float = 0.1
     """DPO temperature beta (used by the DPO stage only)."""
+    replay_share: float = 0.0
+    """SFT only: this share of the training examples are pretraining text (windows of the token
+    shards, every token trained), mixed in among the chat examples, so that fine-tuning keeps
+    the base model's language modelling (its perplexity on Wikipedia text) from drifting."""
 
     def __post_init__(self) -> None:
         # Checked here so a typo in a config file fails when it is read, not hours into a run.
         for name, allowed in (("compile", ("auto", "on", "off")), ("precision", ("auto", "bf16", "fp32"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} = {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if not 0.0 <= self.replay_share < 1.0:
+            raise ValueError(f"replay_share = {self.replay_share!r} must be in [0, 1)")
 
 
 @dataclass
@@ -346,7 +352,9 @@ def _preset(name: str) -> Settings:
                                  sample_interval=150, ckpt_interval=100, log_interval=25),
             teacher=TeacherConfig(),
             sft_data=SFTDataConfig(n_examples=600, heldout_fraction=0.1, passage_chars=400),
-            sft=TrainConfig(max_steps=200, batch_size=8, grad_accum=1, lr=1e-3,
+            # 30 % pretraining text among the chat examples: without it this short, high-lr SFT
+            # raises the val perplexity ~1.5x over base (with it: 0.98x, stopping unchanged).
+            sft=TrainConfig(max_steps=200, batch_size=8, grad_accum=1, lr=1e-3, replay_share=0.3,
                             warmup_steps=10, eval_interval=60, eval_iters=4,
                             sample_interval=60, ckpt_interval=60, log_interval=20),
             # 128 prompts give ~50 judged pairs (the judge drops ties and close calls); DPO

@@ -123,7 +123,7 @@ def _sft_checkpoint(spec: StageSpec, rep) -> StageResult:
 
     base = spec.input("base_checkpoint")  # carries the tokenizer it was trained with
     return run_sft(spec.section("sft"), base, spec.input("sft_dataset"), base, spec.out, spec.work,
-                   on_metrics=rep.metrics)
+                   on_metrics=rep.metrics, shards_dir=spec.input("token_shards"))
 
 
 def _preference_dataset(spec: StageSpec, rep) -> StageResult:
@@ -199,7 +199,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "1", task="pretrain", **_TRAINING),
     Stage("sft_dataset", _sft_dataset, ("deduped_corpus",), ("sft_data", "teacher"), "1",
           "alignment", ("jsonl",), network=True, teacher=True, preview="chat_examples"),
-    Stage("sft_checkpoint", _sft_checkpoint, ("base_checkpoint", "sft_dataset"), ("sft",), "1",
+    Stage("sft_checkpoint", _sft_checkpoint, ("base_checkpoint", "sft_dataset", "token_shards"), ("sft",), "1",
           task="sft", **_TRAINING),
     Stage("preference_dataset", _preference_dataset, ("sft_checkpoint", "sft_dataset"),
           ("preference", "teacher"), "1", "alignment", ("jsonl",), gpu=True, network=True,
