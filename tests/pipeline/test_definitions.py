@@ -14,7 +14,7 @@ EXPECTED_DEPS = {
     "token_shards": {"deduped_corpus", "tokenizer"},
     "base_checkpoint": {"token_shards", "tokenizer"},
     "sft_dataset": {"deduped_corpus"},
-    "sft_checkpoint": {"base_checkpoint", "sft_dataset"},
+    "sft_checkpoint": {"base_checkpoint", "sft_dataset", "token_shards"},
     "preference_dataset": {"sft_checkpoint", "sft_dataset"},
     "dpo_checkpoint": {"sft_checkpoint", "preference_dataset"},
     "eval_report": {"base_checkpoint", "sft_checkpoint", "dpo_checkpoint", "token_shards", "sft_dataset"},
