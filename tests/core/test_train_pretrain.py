@@ -115,8 +115,9 @@ def test_stage_cli_writes_a_spec_only_from_its_flags(stage, tmp_path):
 
     env = os.environ | {"WIKIGPT_PROFILE": "124m", "WIKIGPT_HOME": str(tmp_path)}
     spec = tmp_path / "spec.json"
-    ins = {"base_checkpoint": ["token_shards", "tokenizer"], "sft_checkpoint": ["base_checkpoint", "sft_dataset"],
-           "dpo_checkpoint": ["sft_checkpoint", "preference_dataset"]}[stage]
+    from wikigpt_core.stages import STAGES
+
+    ins = list(STAGES[stage].inputs)
     args = [a for name in ins for a in ("--input", f"{name}={tmp_path / name}")]
     for name in ins:
         (tmp_path / name).mkdir()
