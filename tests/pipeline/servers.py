@@ -45,11 +45,18 @@ def dagster_process(kind: str, env: dict[str, str], log: Path, timeout: float = 
             _wait_ready(url, proc, timeout, log)
             yield url
         finally:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
+            stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process started with start_new_session=True and everything it spawned: SIGTERM
+    to its group, SIGKILL if it has not exited within 30 s."""
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:

@@ -22,6 +22,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from tests.pipeline.servers import stop_group
 from wikigpt_pipeline.factory import GPU_POOL
 from wikigpt_pipeline.submit import REFRESH_PASS_TAG, SUBMITTED_TAG
 
@@ -187,12 +188,7 @@ def test_two_submitted_gpu_stages_never_overlap(submitted, tmp_path):
                     f"runs still {[r.status.value for r in runs]}:\n{log.read_text()[-3000:]}"
                 time.sleep(0.5)
         finally:
-            os.killpg(daemon.pid, 15)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, 9)
-                daemon.wait()
+            stop_group(daemon)
         assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS] * 2, \
             [(r.run_id, r.status) for r in runs]
         # `--wait` followed its run to the end and printed what it materialized
