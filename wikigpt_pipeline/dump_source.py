@@ -36,13 +36,12 @@ from wikigpt_core.data.dumpsite import LATEST
 from wikigpt_core.data.sources import parse_dump_name
 from wikigpt_core.data.errors import DumpError
 from wikigpt_pipeline.jobs import PIPELINE_JOB
-from wikigpt_pipeline.staleness import refresh_selection
+from wikigpt_pipeline.staleness import REFRESH_PASS_TAG, refresh_selection
 
 DUMP_SOURCE = "wikipedia_dump"
 SENSOR_NAME = "new_dump_sensor"
 SENSOR_TAG = "wikigpt/dump_sensor"
 IDENTITY_TAG = "wikigpt/dump_identity"
-PASS_TAG = "wikigpt/refresh_pass"
 DEFAULT_INTERVAL_S = 6 * 3600
 """Dumps are published about twice a month; a few checks a day are plenty."""
 _IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -84,7 +83,7 @@ class _Cursor:
 
 
 def pass_tags(identity: str, n: int) -> dict[str, str]:
-    return {SENSOR_TAG: SENSOR_NAME, IDENTITY_TAG: identity[:200], PASS_TAG: str(n)}
+    return {SENSOR_TAG: SENSOR_NAME, IDENTITY_TAG: identity[:200], REFRESH_PASS_TAG: str(n)}
 
 
 def _pass_run(instance: dg.DagsterInstance, identity: str, n: int) -> dg.DagsterRun | None:

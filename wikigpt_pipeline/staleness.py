@@ -23,6 +23,9 @@ from dagster._time import get_current_datetime
 
 from wikigpt_pipeline.jobs import PIPELINE_JOB
 
+REFRESH_PASS_TAG = "wikigpt/refresh_pass"
+"""Run tag: which pass of a refresh the run is (`wikigpt refresh`, its --submit, the dump sensor)."""
+
 
 @dataclass
 class AssetStatus:
@@ -110,7 +113,7 @@ def refresh(instance: dg.DagsterInstance, defs: dg.Definitions,
         on_pass(len(passes) + 1, [s for s in statuses if s.key in keys])
         result = job.execute_in_process(
             instance=instance, asset_selection=selection,
-            raise_on_error=True, tags={"wikigpt/refresh_pass": str(len(passes) + 1)},
+            raise_on_error=True, tags={REFRESH_PASS_TAG: str(len(passes) + 1)},
             run_config=run_config or {},
         )
         assert result.success

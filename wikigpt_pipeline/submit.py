@@ -24,12 +24,12 @@ from typing import Callable, Iterator, Sequence
 import dagster as dg
 
 from wikigpt_pipeline.jobs import PIPELINE_JOB
+from wikigpt_pipeline.staleness import REFRESH_PASS_TAG
 
 REPO = Path(__file__).resolve().parents[1]
 WORKSPACE = REPO / "workspace.yaml"
 SUBMITTED_TAG = "wikigpt/submitted"
 """Run tag: which command put the run on the queue (`run` or `refresh`)."""
-REFRESH_PASS_TAG = "wikigpt/refresh_pass"
 
 
 class SubmitError(RuntimeError):
