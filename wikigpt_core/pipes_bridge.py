@@ -25,7 +25,6 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from wikigpt_core.artifacts import StageResult
@@ -94,23 +93,6 @@ TOTAL_STEPS = "steps/total"
 epochs-based run has a total and an ETA too)."""
 PROGRESS_EVERY_S = 5.0
 """A training stage's console progress line comes at most this often (plus its last step)."""
-
-
-def planned_steps(config: Mapping[str, Mapping[str, Any]]) -> int | None:
-    """The optimizer steps a stage's config tables fix: the training section's `max_steps`,
-    unless `epochs` is set (then the step count follows from the data, known only in the loop)."""
-    for table in config.values():
-        if isinstance(table, Mapping) and "max_steps" in table:
-            return None if table.get("epochs") is not None else int(table["max_steps"])
-    return None
-
-
-def spec_planned_steps(spec_file: str | Path) -> int | None:
-    """`planned_steps` of a written spec file (what the stage CLI runs from); None if unreadable."""
-    try:
-        return planned_steps(json.loads(Path(spec_file).read_text()).get("config") or {})
-    except (OSError, ValueError, TypeError):
-        return None
 
 
 def format_duration(seconds: float) -> str:

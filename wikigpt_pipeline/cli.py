@@ -83,7 +83,8 @@ def _quiet_run_config(args) -> dict:
 
     for category in (dg.PreviewWarning, dg.BetaWarning):
         warnings.filterwarnings("ignore", category=category)
-    progress = logging.getLogger("wikigpt.progress")
+    from wikigpt_pipeline.progress import PROGRESS as progress
+
     if not progress.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%H:%M:%S"))

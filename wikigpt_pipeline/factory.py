@@ -18,7 +18,6 @@ Either way the asset's `current` pointer moves to that version. Versioning:
 from __future__ import annotations
 
 import dataclasses
-import logging
 import tempfile
 import time
 from contextlib import contextmanager
@@ -29,18 +28,16 @@ import dagster as dg
 
 from wikigpt_core.artifacts import MANIFEST, content_hash, point_current, read_manifest
 from wikigpt_core.config import Settings, asset_root
-from wikigpt_core.pipes_bridge import ProgressMeter, StageReporter
+from wikigpt_core.pipes_bridge import StageReporter
 from wikigpt_core.spec import StageSpec
 from wikigpt_core.stages import Stage, fingerprint, resolve_spec, stage_code_version
 from wikigpt_pipeline import previews
 from wikigpt_pipeline.automation import data_eager
 from wikigpt_pipeline.dump_source import DUMP_SOURCE, identity_for_run
 from wikigpt_pipeline.metadata import materialize_result, to_metadata
+from wikigpt_pipeline.progress import PROGRESS, StageProgress
 from wikigpt_pipeline.retries import retry_transient_only
 
-PROGRESS = logging.getLogger("wikigpt.progress")
-"""One line per asset as it starts and ends; `wikigpt run` / `refresh` print it (the full event
-stream stays in the UI and behind --verbose)."""
 GPU_POOL = "gpu"  # one GPU stage at a time; see dagster.yaml
 RECOMPUTE_TAG = "wikigpt/recompute"
 """Run tag: "true" runs the stages even where their version is complete (e.g. to check that a
@@ -53,11 +50,10 @@ class ContextReporter(StageReporter):
     log, just as a launched stage's Pipes messages do; the console (PROGRESS) gets a training
     progress line (step/total, loss, tok/s, ETA) every few seconds."""
 
-    def __init__(self, stage: str, context: dg.AssetExecutionContext,
-                 total_steps: int | None = None) -> None:
+    def __init__(self, stage: str, context: dg.AssetExecutionContext) -> None:
         super().__init__(stage)
         self.context = context
-        self.progress = ProgressMeter(stage, total_steps)
+        self.progress = StageProgress(stage)
 
     def log(self, message: str) -> None:
         self.context.log.info(f"[{self.stage}] {message}")
@@ -69,9 +65,7 @@ class ContextReporter(StageReporter):
         from wikigpt_core.pipes_bridge import _format_metrics
 
         self.context.log.info(f"[{self.stage}] {_format_metrics(metrics, step)}")
-        line = self.progress.update(metrics, step)
-        if line:
-            PROGRESS.info(line)
+        self.progress.metrics(metrics, step)
 
 
 def is_complete(out: Path) -> bool:

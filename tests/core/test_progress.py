@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import re
 
-from wikigpt_core.config import _as_dict, load_settings
 from wikigpt_core.pipes_bridge import (PROGRESS_EVERY_S, ProgressMeter, format_duration,
-                                       format_progress, planned_steps, spec_planned_steps)
+                                       format_progress)
 
 
 class Clock:
@@ -72,22 +71,6 @@ def test_data_rows_and_an_unknown_total():
     clock.t += 10
     line = meter.update({**_row(5.6), "steps/total": 40}, 2)
     assert "step 2/40" in line and "ETA ?" not in line
-
-
-def test_planned_steps_follow_the_profiles_training_sections(tmp_path):
-    tiny = load_settings("tiny", env=False)
-    tables = {"model": _as_dict(tiny.model), "pretrain": _as_dict(tiny.pretrain)}
-    assert planned_steps(tables) == tiny.pretrain.max_steps == 300
-    assert planned_steps({"sft": _as_dict(tiny.sft)}) == tiny.sft.max_steps
-    # 124m's SFT runs for epochs: the step count depends on the data, so no total is claimed
-    big = load_settings("124m", env=False)
-    assert big.sft.epochs is not None and planned_steps({"sft": _as_dict(big.sft)}) is None
-    assert planned_steps({"clean": {"min_chars": 800}}) is None
-
-    spec = tmp_path / "spec.json"
-    spec.write_text('{"config": {"dpo": {"max_steps": 40, "epochs": null}}}')
-    assert spec_planned_steps(spec) == 40
-    assert spec_planned_steps(tmp_path / "missing.json") is None
 
 
 def test_durations():

@@ -39,6 +39,11 @@ def crash_at(step_to_crash: int):
     return cb
 
 
+def last_checkpoint(work: Path) -> int:
+    """The newest complete checkpoint's step under a work dir, 0 if none."""
+    return max((int(p.name.split("-")[1]) for p in work.glob("*/ckpt-*")), default=0)
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
@@ -128,15 +133,18 @@ def test_sigkill_then_restart_continues_from_last_checkpoint(tmp_path, shards):
     env = os.environ | {"WANDB_MODE": "disabled", "PYTHONPATH": str(Path(__file__).parents[2]),
                         "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Kill at the first checkpoint at or past step 4. Any such checkpoint will do: keep-last-K
+    # deletes ckpt-4 itself a few steps later, and on a fast machine that is quicker than a poll.
     deadline = time.time() + 120
-    while time.time() < deadline and not list(work.glob("*/ckpt-00000004")):
-        time.sleep(0.05)
+    while time.time() < deadline and proc.poll() is None and last_checkpoint(work) < 4:
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the run ended (rc {proc.returncode}) before it could be killed mid-run: "
+        + proc.stderr.read().decode()[-2000:])
     assert not out.exists()
-    last = max(int(p.name.split("-")[1]) for p in work.glob("*/ckpt-*"))
-    assert 4 <= last < steps
+    assert 4 <= last_checkpoint(work) < steps
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -7,7 +7,7 @@ import logging
 
 from wikigpt_core.pipes_bridge import METRICS_MESSAGE
 from wikigpt_pipeline.launchers.log_stream import LogStreamMessageReader
-from wikigpt_pipeline.launchers.progress import progress_meter
+from wikigpt_pipeline.progress import StageProgress
 
 
 class _Handler:
@@ -25,11 +25,9 @@ def _pipes_line(step: int, loss: float) -> str:
     return "(worker) " + json.dumps(message)
 
 
-def test_job_log_metrics_become_progress_lines(tmp_path, caplog, capsys):
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"config": {"pretrain": {"max_steps": 10, "epochs": None}}}))
+def test_job_log_metrics_become_progress_lines(caplog, capsys):
     reader = LogStreamMessageReader()
-    reader.meter = progress_meter("base_checkpoint", ["--spec", str(spec)])
+    reader.progress = StageProgress("base_checkpoint")
     handler = _Handler()
     with caplog.at_level(logging.INFO, logger="wikigpt.progress"):
         with reader.read_messages(handler):

@@ -10,8 +10,8 @@ import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not re-exported at top level
 
 from wikigpt_pipeline.launchers.command import stage_command
-from wikigpt_pipeline.launchers.progress import progress_meter, show_progress
 from wikigpt_pipeline.launchers.results import StageLaunchError, build_result, error_message
+from wikigpt_pipeline.progress import StageProgress
 
 
 def stage_argv(stage: str, cli_args: Sequence[str]) -> list[str]:
@@ -27,7 +27,7 @@ class _RememberingReader(dg.PipesTempFileMessageReader):
     stage's traceback) can still be read after `PipesSubprocessClient.run` raised."""
 
     handler: dg.PipesMessageHandler | None = None
-    meter = None  # the stage's ProgressMeter (wikigpt_core.pipes_bridge)
+    progress: StageProgress | None = None
 
     @contextmanager
     def read_messages(self, handler: dg.PipesMessageHandler) -> Iterator[dict]:
@@ -35,7 +35,8 @@ class _RememberingReader(dg.PipesTempFileMessageReader):
         handle = handler.handle_message
 
         def handle_and_show(message):
-            show_progress(message, self.meter)
+            if self.progress:
+                self.progress.pipes_message(message)
             return handle(message)
 
         handler.handle_message = handle_and_show
@@ -56,7 +57,7 @@ def run_local(
     reported metadata and data_version plus `backend` and `wall_seconds`. With nproc > 1 the
     stage runs under torchrun in that many processes (`command.stage_command`)."""
     reader = _RememberingReader()
-    reader.meter = progress_meter(stage, cli_args)
+    reader.progress = StageProgress(stage)
     client = dg.PipesSubprocessClient(env=dict(env or {}), cwd=cwd, message_reader=reader)
     command = stage_command(stage_argv(stage, cli_args), nproc)
     context.log.info(f"[local] {' '.join(command)}")

@@ -23,7 +23,7 @@ from typing import Iterator, TextIO
 
 import dagster as dg
 
-from wikigpt_pipeline.launchers.progress import show_progress
+from wikigpt_pipeline.progress import StageProgress
 
 _MESSAGE_START = '{"__dagster_pipes_version"'
 DEFAULT_TAIL_LINES = 60
@@ -39,8 +39,8 @@ class LogStreamMessageReader(dg.PipesMessageReader):
         self._lock = threading.Lock()
         self.messages_seen = 0
 
-    meter = None
-    """The stage's ProgressMeter: its metrics become console progress lines, as locally."""
+    progress: StageProgress | None = None
+    """The stage's metrics become console progress lines, as locally."""
 
     @contextmanager
     def read_messages(self, handler: dg.PipesMessageHandler) -> Iterator[dict]:
@@ -63,7 +63,8 @@ class LogStreamMessageReader(dg.PipesMessageReader):
             if message is not None:
                 with self._lock:
                     self.messages_seen += 1
-                    show_progress(message, self.meter)
+                    if self.progress:
+                        self.progress.pipes_message(message)
                     self._handler.handle_message(message)
                 return
         with self._lock:

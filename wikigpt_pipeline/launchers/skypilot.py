@@ -40,7 +40,7 @@ import dagster as dg
 
 from wikigpt_core.artifacts import content_hash, swap_into_place
 from wikigpt_pipeline.launchers.log_stream import LogStreamMessageReader
-from wikigpt_pipeline.launchers.progress import progress_meter
+from wikigpt_pipeline.progress import StageProgress
 from wikigpt_pipeline.launchers.remote_plan import (
     RemotePlan,
     cluster_name,
@@ -137,7 +137,7 @@ class SkyPilotLauncher:
                          accelerators=self.accelerators, use_spot=self.use_spot,
                          hub_repo=self.hub_repo, num_nodes=self.num_nodes)
         reader = _SetupTimeReader()
-        reader.meter = progress_meter(stage, cli_args)
+        reader.progress = StageProgress(stage)
         t0 = self.clock()
         hourly: float | None = None
         with dg.open_pipes_session(context=context, context_injector=dg.PipesEnvContextInjector(),
