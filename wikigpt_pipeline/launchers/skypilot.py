@@ -40,7 +40,6 @@ import dagster as dg
 
 from wikigpt_core.artifacts import content_hash, swap_into_place
 from wikigpt_pipeline.launchers.log_stream import LogStreamMessageReader
-from wikigpt_pipeline.progress import StageProgress
 from wikigpt_pipeline.launchers.remote_plan import (
     RemotePlan,
     cluster_name,
@@ -48,6 +47,7 @@ from wikigpt_pipeline.launchers.remote_plan import (
     redacted,
 )
 from wikigpt_pipeline.launchers.results import StageLaunchError, build_result
+from wikigpt_pipeline.progress import StageProgress
 
 SETUP_SECONDS_LINE = re.compile(r"WIKIGPT_SETUP_SECONDS=(\d+(?:\.\d+)?)")
 """The line sky/run_stage.sh prints with the duration of the task's setup (sky/setup.sh)."""
