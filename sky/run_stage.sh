@@ -8,8 +8,9 @@
 # which then prints its Pipes messages to stdout, where `sky.tail_logs` carries them home.
 #
 # With WIKIGPT_HUB_REPO set (vast.ai cannot mount buckets), the training scratch is restored
-# from the HF Hub before the stage, uploaded every WIKIGPT_HUB_SYNC_S seconds while it runs
-# (so a preempted spot instance resumes from its last checkpoint), and the outputs are pushed
+# from the HF Hub before the stage, checked every WIKIGPT_HUB_SYNC_S seconds while it runs and
+# uploaded when a new checkpoint appeared (so a preempted spot instance resumes from its last
+# checkpoint; a check without a new one costs nothing), and the outputs are pushed
 # when it ends (how managed spot jobs bring results back).
 #
 # Several GPUs: with SKYPILOT_NUM_GPUS_PER_NODE > 1 the stage starts under torchrun, one process
@@ -54,7 +55,7 @@ sync_pid=""
 if [ -n "$hub" ]; then
   python -m wikigpt_pipeline.launchers.hub_sync pull "$hub" "$prefix/work" "$io/work"
   python -m wikigpt_pipeline.launchers.hub_sync watch "$io/work" "$hub" "$prefix/work" \
-    --interval "${WIKIGPT_HUB_SYNC_S:-600}" &
+    --interval "${WIKIGPT_HUB_SYNC_S:-60}" &
   sync_pid=$!
 fi
 

@@ -5,18 +5,24 @@ Also the CI rule (see tests/needs.py): with CI=true, a test that would skip beca
 tool or test package is missing fails instead, whether it asked through `require_tool` /
 `require_module`, the `requires_tool(...)` marker, or `pytest.importorskip` of a package in
 REQUIRED_MODULES. `--require-passed MARKER:N` fails a run in which fewer than N tests carrying
-MARKER passed (so a suite cannot go green by collecting nothing)."""
+MARKER passed (so a suite cannot go green by collecting nothing).
+
+Dagster is imported only by the fixtures that need it: `pytest -m gpu` runs on a bare GPU
+machine (torch and pytest, no dagster), see benchmarks/gpu_check.py."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dagster as dg
 import pytest
 
 from tests.needs import REQUIRED_MODULES, in_ci, require_tool
 from wikigpt_core.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 _IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")
 
@@ -116,6 +122,8 @@ def materialized(tmp_path_factory) -> Materialized:
     import os
     import subprocess
     import sys
+
+    import dagster as dg
 
     from wikigpt_pipeline.instance import get_instance
     from wikigpt_pipeline.project import build_definitions

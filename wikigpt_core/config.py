@@ -8,8 +8,10 @@ that stage and its downstream stale.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +122,9 @@ class TrainConfig:
     eval_iters: int = 20
     sample_interval: int = 500
     ckpt_interval: int = 500
+    ckpt_minutes: float = 10.0
+    """Also checkpoint when this much wall time passed since the last checkpoint (0 = off), so a
+    preemption loses about this much training whatever the step time. Checked on log steps."""
     keep_last_k: int = 2
     log_interval: int = 10
     seed: int = 1337
@@ -138,12 +143,8 @@ class TrainConfig:
     the base model's language modelling (its perplexity on Wikipedia text) from drifting."""
 
     def __post_init__(self) -> None:
-        # Checked here so a typo in a config file fails when it is read, not hours into a run.
-        for name, allowed in (("compile", ("auto", "on", "off")), ("precision", ("auto", "bf16", "fp32"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} = {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        if not 0.0 <= self.replay_share < 1.0:
-            raise ValueError(f"replay_share = {self.replay_share!r} must be in [0, 1)")
+        # Also built directly (tests, the training stages), not only through Settings.
+        check_section(self)
 
 
 @dataclass
@@ -193,12 +194,12 @@ class TeacherConfig:
     plans for what it was asked for; past that it stops with an error (bounds a paid bill)."""
 
     def __post_init__(self) -> None:
-        if self.schema_format not in SCHEMA_FORMATS:
-            raise ValueError(f"teacher.schema_format = {self.schema_format!r} is not one of "
-                             f"{', '.join(SCHEMA_FORMATS)}")
+        check_section(self)
 
 
 SCHEMA_FORMATS = ("json_schema", "json_object")
+GGUF_TYPES = ("q8_0", "f16", "f32")
+"""What the GGUF export writes (`ReleaseConfig.gguf_type`)."""
 
 
 @dataclass
@@ -283,6 +284,163 @@ class ReleaseConfig:
     """Also ship `<repo_name>-<type>.gguf` for llama.cpp: "q8_0", "f16" or "f32"; "" = none."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """A numeric field's allowed values; an open end excludes its bound."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        below = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        return above and below  # NaN fails both comparisons, so it is never admitted
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A text field's allowed values."""
+
+    choices: tuple[str, ...]
+
+    def admits(self, value: str) -> bool:
+        return value in self.choices
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(c or '""' for c in self.choices)
+
+
+AT_LEAST_0 = Range(lo=0)
+AT_LEAST_1 = Range(lo=1)
+POSITIVE = Range(lo=0, lo_open=True)
+SHARE = Range(lo=0, hi=1)
+"""A fraction or probability, both ends allowed."""
+SHARE_BELOW_1 = Range(lo=0, hi=1, hi_open=True)
+SHARE_ABOVE_0 = Range(lo=0, hi=1, lo_open=True)
+
+# The allowed values of each section's fields, beyond their declared types (which are checked
+# too). A field not named here may hold any value of its type (seeds, names, URLs).
+_RULES: dict[type, dict[str, Range | OneOf]] = {
+    DumpConfig: {},
+    CleanConfig: {"min_chars": AT_LEAST_0, "max_markup_ratio": SHARE, "min_language_prob": SHARE,
+                  "row_group_size": AT_LEAST_1, "max_list_ratio": SHARE, "workers": AT_LEAST_0,
+                  "part_pages": AT_LEAST_1},
+    DedupConfig: {"num_perm": AT_LEAST_1, "threshold": SHARE_ABOVE_0, "shingle_size": AT_LEAST_1,
+                  "lsh_threshold": SHARE_ABOVE_0, "workers": AT_LEAST_0, "batch_docs": AT_LEAST_1},
+    TokenizerConfig: {"vocab_size": AT_LEAST_1, "min_frequency": AT_LEAST_0,
+                      "heldout_fraction": SHARE_BELOW_1, "max_train_chars": AT_LEAST_0},
+    ShardsConfig: {"val_fraction": SHARE_BELOW_1, "batch_docs": AT_LEAST_1},
+    GPTConfig: {"vocab_size": AT_LEAST_1, "block_size": AT_LEAST_1, "n_layer": AT_LEAST_1,
+                "n_head": AT_LEAST_1, "n_embd": AT_LEAST_1, "rope_theta": POSITIVE,
+                "norm_eps": POSITIVE, "dropout": SHARE_BELOW_1, "mlp_multiple_of": AT_LEAST_1},
+    TrainConfig: {"max_steps": AT_LEAST_1, "epochs": POSITIVE, "batch_size": AT_LEAST_1,
+                  "grad_accum": AT_LEAST_1, "seq_len": AT_LEAST_1, "lr": POSITIVE,
+                  "min_lr_ratio": SHARE, "warmup_steps": AT_LEAST_0, "weight_decay": AT_LEAST_0,
+                  "beta1": SHARE_BELOW_1, "beta2": SHARE_BELOW_1, "grad_clip": AT_LEAST_0,
+                  "eval_interval": AT_LEAST_1, "eval_iters": AT_LEAST_1,
+                  "sample_interval": AT_LEAST_1, "ckpt_interval": AT_LEAST_1,
+                  "ckpt_minutes": AT_LEAST_0, "keep_last_k": AT_LEAST_1, "log_interval": AT_LEAST_1,
+                  "compile": OneOf(("auto", "on", "off")), "precision": OneOf(("auto", "bf16", "fp32")),
+                  "dpo_beta": POSITIVE, "replay_share": SHARE_BELOW_1},
+    TeacherConfig: {"backend": OneOf(("offline", "openai")), "launch": OneOf(("none", "skypilot")),
+                    "concurrency": AT_LEAST_1, "max_retries": AT_LEAST_0, "timeout_s": POSITIVE,
+                    "retry_backoff_s": AT_LEAST_0, "max_tokens": AT_LEAST_1,
+                    "temperature": AT_LEAST_0, "schema_format": OneOf(SCHEMA_FORMATS),
+                    "max_reply_chars": AT_LEAST_1, "max_failure_share": SHARE,
+                    "min_failures": AT_LEAST_0, "max_requests_per_item": POSITIVE},
+    SFTDataConfig: {"n_examples": AT_LEAST_1, "heldout_fraction": SHARE_BELOW_1,
+                    "passage_chars": AT_LEAST_1, "max_passages_per_article": AT_LEAST_1,
+                    "min_grounding": SHARE, "min_response_words": AT_LEAST_0,
+                    "max_response_words": AT_LEAST_1, "min_english_ratio": SHARE,
+                    "min_examples": AT_LEAST_0},
+    PreferenceConfig: {"n_prompts": AT_LEAST_1, "samples_per_prompt": Range(lo=2),
+                       "false_premise_fraction": SHARE, "max_new_tokens": AT_LEAST_1,
+                       "temperature": AT_LEAST_0, "top_p": SHARE_ABOVE_0, "min_margin": AT_LEAST_0,
+                       "min_pairs": AT_LEAST_0},
+    EvalConfig: {"ppl_batches": AT_LEAST_1, "harness_n": AT_LEAST_0, "pairwise_n": AT_LEAST_0,
+                 "max_new_tokens": AT_LEAST_1, "temperature": AT_LEAST_0, "top_p": SHARE_ABOVE_0,
+                 "ppl_batch_size": AT_LEAST_1, "harness_temperature": AT_LEAST_0,
+                 "sft_ppl_limit": POSITIVE, "dpo_ppl_max_ratio": POSITIVE,
+                 "lm_eval_limit": AT_LEAST_1, "lm_eval_batch_size": AT_LEAST_1},
+    ReleaseConfig: {"gguf_type": OneOf(("", *GGUF_TYPES))},
+}
+
+
+def check_section(section: Any, name: str = "") -> None:
+    """Raise ValueError for the first field of `section` whose type or value is not allowed."""
+    for f in dataclasses.fields(section):
+        if f.init:
+            check_field(type(section), f.name, getattr(section, f.name), name)
+
+
+def check_field(cls: type, field_name: str, value: Any, section: str = "") -> None:
+    """Raise ValueError, naming `[section] field`, the expected type or range and the value,
+    if `value` is not allowed in that field of the section dataclass `cls`."""
+    hint = _field_types(cls)[field_name]
+    rule = _RULES.get(cls, {}).get(field_name)
+    if value is None and _matches(hint, None):
+        return
+    if not _matches(hint, value) or (rule is not None and not rule.admits(value)):
+        expected = _describe(hint) if rule is None else _describe_ruled(hint, rule)
+        where = f"[{section}] " if section else ""
+        raise ValueError(f"{where}{field_name} = {value!r} is not {expected}")
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _matches(hint: Any, value: Any) -> bool:
+    """Whether `value` is of the declared type `hint` (an int counts as a float, a bool as
+    neither: TOML writes `lr = 1` for 1.0, and `True` is an int in Python)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_matches(a, value) for a in args)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(args[0], k) and _matches(args[1], v)
+                                               for k, v in value.items())
+    if origin is list:
+        return isinstance(value, list) and all(_matches(args[0], v) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint)
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               type(None): "unset"}
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in args)
+    if origin is dict:
+        return f"a table of {_describe(args[1]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is list:
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    return _TYPE_WORDS[hint]
+
+
+def _describe_ruled(hint: Any, rule: Range | OneOf) -> str:
+    """`an integer >= 1`, `a number in [0, 1)`, `one of auto, on, off`."""
+    if isinstance(rule, OneOf):
+        return str(rule)
+    value_hint = next(a for a in (typing.get_args(hint) or (hint,)) if a is not type(None))
+    return f"{_describe(value_hint)} {rule}"
+
+
 @dataclass
 class Settings:
     """Everything one run of the pipeline is configured by."""
@@ -304,6 +462,9 @@ class Settings:
     release: ReleaseConfig
 
     def __post_init__(self) -> None:
+        # Every value is checked when the settings are built, not when its stage runs hours later.
+        for name in _SECTION_NAMES:
+            check_section(getattr(self, name), name)
         if self.tokenizer.vocab_size != self.model.vocab_size:
             raise ValueError(
                 f"tokenizer.vocab_size={self.tokenizer.vocab_size} must equal "
@@ -414,10 +575,21 @@ def load_settings(profile: str | None = None, overrides: str | Path | None = Non
     settings = _preset(profile or environ.get("WIKIGPT_PROFILE", "tiny"))
     overrides = overrides or environ.get("WIKIGPT_CONFIG")
     if overrides:
-        settings = apply_overrides(settings, _read_toml(Path(overrides)))
+        settings = _apply_file(settings, Path(overrides))
     if environ.get("WIKIGPT_DUMP"):
-        settings.dump = dataclasses.replace(settings.dump, source=environ["WIKIGPT_DUMP"])
+        # Through replace, so the new value is checked like any other.
+        settings = dataclasses.replace(
+            settings, dump=dataclasses.replace(settings.dump, source=environ["WIKIGPT_DUMP"]))
     return settings
+
+
+def _apply_file(settings: Settings, path: Path) -> Settings:
+    """apply_overrides from a TOML file; a refused value's error names the file too."""
+    table = _read_toml(path)
+    try:
+        return apply_overrides(settings, table)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -440,6 +612,8 @@ def apply_overrides(settings: Settings, table: dict[str, Any]) -> Settings:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown field(s) {sorted(unknown)} in [{section}]; known: {sorted(known)}")
+        for name, value in values.items():  # before building, so the error names the section
+            check_field(type(current), name, value, section)
         changes[section] = dataclasses.replace(current, **values)
     return dataclasses.replace(settings, **changes)
 
@@ -464,11 +638,15 @@ def version_dir(settings: Settings, asset: str, version: str) -> Path:
     return asset_root(settings, asset) / version
 
 
+WORK_DIR = "_work"
+"""Beside a profile's asset folders: `_work/<asset>/<version>` scratch and its version lock."""
+
+
 def work_dir(settings: Settings, asset: str, version: str) -> Path:
     """Persistent scratch for resumable work (training checkpoints, finished extraction parts),
     keyed by the version it builds, so a changed config never resumes an old run. Survives a
-    killed run; cleared by the stage once its artifact is published."""
-    return wikigpt_home() / settings.profile / "_work" / asset / version
+    killed run; cleared by the stage once its artifact is published (or by `wikigpt gc`)."""
+    return wikigpt_home() / settings.profile / WORK_DIR / asset / version
 
 
 def section_type(name: str) -> type:
@@ -479,7 +657,9 @@ def section_type(name: str) -> type:
 
 
 def section_from_dict(name: str, values: dict[str, Any]) -> Any:
-    return section_type(name)(**values)
+    section = section_type(name)(**values)
+    check_section(section, name)
+    return section
 
 
 _SECTION_TYPES = {n: t for n, t in typing.get_type_hints(Settings).items() if n != "profile"}

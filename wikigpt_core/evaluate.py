@@ -1,6 +1,9 @@
 """The `eval_report` stage: perplexity, pairwise judge, judge-free harness, gallery, cost table,
 charts (PNG, inlined in report.html) and, optionally, standard benchmarks through lm-eval.
 
+A launched stage: every model pass runs on the GPU box under the runtime's autocast (bf16 on
+CUDA), and each checkpoint's prompts are prefilled together.
+
     python -m wikigpt_core.run eval_report --spec FILE
 """
 from __future__ import annotations
@@ -15,7 +18,7 @@ from wikigpt_core.artifacts import ArtifactWriter, StageResult
 from wikigpt_core.config import EvalConfig, TeacherConfig
 from wikigpt_core.eval.charts import CHART_CAPTIONS, CHART_DIR, read_log, report_charts
 from wikigpt_core.eval.gallery import run_gallery
-from wikigpt_core.eval.generation import Reply, generate_replies, pick_device
+from wikigpt_core.eval.generation import Reply, autocast_label, generate_replies, inference_runtime
 from wikigpt_core.eval.harness import HarnessRecord, score_harness
 from wikigpt_core.eval.pairwise import PairCase, judge_debiased, win_tie_loss
 from wikigpt_core.eval.lm_harness import (LM_EVAL_FILE, LmEvalOutcome, lm_eval_markdown, lm_eval_rows,
@@ -34,11 +37,29 @@ def _judge_view(r: Reply) -> str:
     return r.text if r.stopped else f"{r.text} {CUT_MARK}".strip()
 
 
+def _perplexities(models: dict, val_bin: Path, cfg: EvalConfig) -> dict[str, float]:
+    return {c: perplexity(m, val_bin, n_windows=cfg.ppl_batches * cfg.ppl_batch_size,
+                          batch_size=cfg.ppl_batch_size) for c, m in models.items()}
+
+
+def _greedy_replies(models: dict, tok, prompts: list[str], cfg: EvalConfig) -> dict[str, dict[str, Reply]]:
+    """{checkpoint: {prompt: reply}}: every prompt decoded once per checkpoint, all together."""
+    convs = [[{"role": "user", "content": p}] for p in prompts]
+    replies = {}
+    for c, m in models.items():
+        gen = generate_replies(m, tok, convs, max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.harness_temperature, top_p=cfg.top_p, seed=cfg.seed)
+        replies[c] = {p: r for p, (r,) in zip(prompts, gen)}
+    return replies
+
+
 def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str, Path], shards_dir: Path,
              sft_dataset_dir: Path, tokenizer_dir: Path, out: Path, upstream: dict[str, dict] | None = None,
-             cache_dir: Path | None = None, *, base_url: str | None = None) -> StageResult:
+             cache_dir: Path | None = None, *, base_url: str | None = None,
+             precision: str = "auto") -> StageResult:
     """`base_url` overrides `teacher_cfg.base_url` for the judge (a launched endpoint). The judge
-    passes stop with TeacherBudgetError, publishing nothing, when too many verdicts fail."""
+    passes stop with TeacherBudgetError, publishing nothing, when too many verdicts fail.
+    `precision` is the model passes' autocast (`inference_runtime`): "auto" is bf16 on a GPU."""
     from wikigpt_core.model_io import load_model
     from wikigpt_core.tokenizer import WikiTokenizer
     from wikigpt_core.train.stage import training_log
@@ -48,12 +69,10 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
         raise ValueError(f"checkpoints must name {CHECKPOINTS}; missing {missing}")
     t0 = time.perf_counter()
     tok = WikiTokenizer.load(tokenizer_dir)
-    device = pick_device()
-    models = {c: load_model(checkpoints[c], device=device) for c in CHECKPOINTS}
-    val_bin = Path(shards_dir) / "val.bin"
-
-    ppl = {c: perplexity(m, val_bin, n_windows=cfg.ppl_batches * cfg.ppl_batch_size,
-                         batch_size=cfg.ppl_batch_size) for c, m in models.items()}
+    rt = inference_runtime(precision)
+    models = {c: load_model(checkpoints[c], device=rt.device) for c in CHECKPOINTS}
+    with rt.autocast():
+        ppl = _perplexities(models, Path(shards_dir) / "val.bin", cfg)
 
     heldout = read_jsonl(Path(sft_dataset_dir) / "heldout.jsonl")
     random.Random(cfg.seed).shuffle(heldout)  # a task mix in the first pairwise_n, whatever the file order
@@ -61,12 +80,8 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
     pair_rows = heldout[:cfg.pairwise_n]
     # Every distinct prompt is decoded once per checkpoint and shared by harness and pairwise.
     prompts = list(dict.fromkeys(r["messages"][0]["content"] for r in harness_rows + pair_rows))
-    convs = [[{"role": "user", "content": p}] for p in prompts]
-    replies: dict[str, dict[str, Reply]] = {}
-    for c, m in models.items():
-        gen = generate_replies(m, tok, convs, max_new_tokens=cfg.max_new_tokens,
-                               temperature=cfg.harness_temperature, top_p=cfg.top_p, seed=cfg.seed)
-        replies[c] = {p: r for p, (r,) in zip(prompts, gen)}
+    with rt.autocast():
+        replies = _greedy_replies(models, tok, prompts, cfg)
 
     harness = {}
     for c in CHECKPOINTS:
@@ -88,8 +103,9 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
             cases.append(PairCase(q, _judge_view(replies[cand][q]), _judge_view(replies[base][q]), ref or ""))
         pairwise[name] = win_tie_loss(judge_debiased(judge, cases))
 
-    gallery = run_gallery(models, tok, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                          top_p=cfg.top_p, seed=cfg.seed)
+    with rt.autocast():
+        gallery = run_gallery(models, tok, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                              top_p=cfg.top_p, seed=cfg.seed)
 
     report = build_report(ppl, pairwise, harness, gallery)
     judge_label = "rule system, not a model" if is_rule_system(teacher_cfg.backend) else judge.client.model
@@ -100,7 +116,8 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
         bench = run_lm_eval({c: Path(checkpoints[c]) for c in CHECKPOINTS}, Path(tokenizer_dir),
                             list(cfg.lm_eval_tasks), limit=cfg.lm_eval_limit,
                             include_path=cfg.lm_eval_include_path or None,
-                            batch_size=cfg.lm_eval_batch_size, device=device)
+                            batch_size=cfg.lm_eval_batch_size, device=str(rt.device),
+                            autocast_dtype=rt.autocast_dtype)
     else:
         bench = LmEvalOutcome("off")
     # Only upstream figures go into the files: this run's own time would change the content hash
@@ -131,7 +148,8 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
         w.stats.update(flat_stats(report))
         w.stats.update({"harness_n": len(harness_rows), "pairwise_prompts": len(pair_rows),
                         "judge_backend": teacher_cfg.backend, "judge_model": judge.client.model,
-                        "eval_seconds": round(seconds, 3),
+                        "eval_seconds": round(seconds, 3), "eval_device": rt.device.type,
+                        "eval_autocast": autocast_label(rt),
                         **judge.usage.as_stats("judge_"), **budget.stats("judge_")})
         # Lists of flat rows: the pipeline renders each as a Dagster table.
         w.stats.update({f"{name}_table": rows for name, rows in tabs.items()})

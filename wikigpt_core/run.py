@@ -17,28 +17,58 @@ the upstreams' `current` versions under $WIKIGPT_HOME, and writes the spec to ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
+from wikigpt_core.artifacts import StageResult
+from wikigpt_core.integrity import intact_or_absent
 from wikigpt_core.spec import SpecError, StageSpec
 from wikigpt_core.stages import STAGES, get_stage, resolve_spec
+from wikigpt_core.version_lock import version_lock
+
+CACHE_HIT = "cache hit"
+"""How the run log says that a published version was reused and no stage code ran."""
 
 
 def run_spec(spec: StageSpec, reporter=None):
-    """Verify the spec against the stage's declaration, then run the stage. Progress and the
-    result go to `reporter`, by default the process's own (Pipes, or the terminal)."""
+    """Verify the spec against the stage's declaration, then, holding the version's lock, reuse
+    the published version if it is intact, or else check the inputs' bytes and run the stage.
+    Progress and the result go to `reporter`, by default the process's own (Pipes, or the
+    terminal)."""
     from wikigpt_core.pipes_bridge import stage_reporter
 
     stage = get_stage(spec.stage)
     spec.verify(stage.version, stage.sections)
     if reporter is not None:
-        result = stage.run(spec, reporter)
-        reporter.report(result)
-        return result
+        return _run_locked(stage, spec, reporter)
     with stage_reporter(stage.name) as rep:
-        result = stage.run(spec, rep)
-        rep.report(result)
+        return _run_locked(stage, spec, rep)
+
+
+def _version_lock_on_local_rank_0(work: Path, log):
+    """The version's lock, taken by one process per machine. Under torchrun every rank runs this
+    file; the ranks other than local rank 0 must not wait for the lock that rank 0 holds, or
+    rank 0 would wait for them in the process-group rendezvous for ever."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return version_lock(work, on_wait=log)
+
+
+def _run_locked(stage, spec: StageSpec, rep):
+    """One run per version at a time: a second run of the same version waits here, then finds
+    it published (a cache hit), so the two never share the scratch dir or race to publish."""
+    with _version_lock_on_local_rank_0(spec.work, rep.log):
+        published = intact_or_absent(spec.out, spec.stage, log=rep.log)
+        if published is not None and not spec.recompute:
+            rep.log(f"{CACHE_HIT}: version {spec.version} is published and intact at {spec.out}")
+            result = StageResult(spec.out, published["content_hash"], published.get("stats", {}))
+        else:
+            spec.verify_input_bytes()
+            result = stage.run(spec, rep)
+    rep.report(result)
     return result
 
 

@@ -13,7 +13,7 @@ Versions, all derived from what the spec holds:
   the stage refuses to run when the spec's config does not hash to it.
 - `version` = hash of the code version and the inputs' content hashes. It names the output
   directory `$WIKIGPT_HOME/<profile>/<asset>/<version>/`, so a version, once written, is never
-  overwritten, and finding it complete is a cache hit.
+  overwritten, and finding it complete with its bytes intact is a cache hit.
 """
 from __future__ import annotations
 
@@ -68,6 +68,20 @@ def input_hash(path: Path) -> str | None:
     return content_hash(path) if path.is_dir() else None
 
 
+def verify_input_bytes(name: str, path: Path) -> None:
+    """An upstream artifact's bytes match its manifest, else a SpecError naming it and what to do.
+    A hand-built input without a manifest was hashed whole by `input_hash` already."""
+    from wikigpt_core.integrity import CorruptArtifact, verify_artifact
+
+    if not (Path(path) / MANIFEST).is_file():
+        return
+    try:
+        verify_artifact(path, name)
+    except CorruptArtifact as e:
+        raise SpecError(f"input {e}. Rematerialize {name}: its corrupt version is then moved "
+                        "aside and recomputed.") from None
+
+
 @dataclass(frozen=True)
 class ArtifactRef:
     path: Path
@@ -94,6 +108,9 @@ class StageSpec:
     services: dict[str, str] = field(default_factory=dict)
     """Endpoints brought up for this run only (e.g. `teacher_url`); they are not part of the
     version, since the same model behind another address gives the same data."""
+    recompute: bool = False
+    """Run the stage even when its version is published and intact, to check that it reproduces
+    the published bytes (the published version is kept either way). Not part of the version."""
 
     # --- what the stage reads ---
     def section(self, name: str) -> Any:
@@ -142,6 +159,12 @@ class StageSpec:
                 raise SpecError(f"input {name!r} at {ref.path} now hashes to {str(actual)[:12]}, not "
                                 f"{ref.content_hash[:12]} as resolved; re-resolve the spec")
 
+    def verify_input_bytes(self) -> None:
+        """Before the stage reads its direct inputs: their bytes match their manifests (a cache
+        hit reads none, so it need not pay for this). Lineage-only ancestors are not read."""
+        for name, ref in self.inputs.items():
+            verify_input_bytes(name, ref.path)
+
     def relocated(self, where: Callable[[str], str]) -> "StageSpec":
         """The same spec with every path mapped by `where` (e.g. to a rented box's layout,
         where `~` expands when the stage reads it). The version is unchanged: it hashes the
@@ -159,7 +182,8 @@ class StageSpec:
                 "version": self.version, "config": canonical_tables(self.config),
                 "inputs": {n: r.to_json() for n, r in self.inputs.items()},
                 "lineage": {n: r.to_json() for n, r in self.lineage.items()},
-                "out": str(self.out), "work": str(self.work), "services": dict(self.services)}
+                "out": str(self.out), "work": str(self.work), "services": dict(self.services),
+                "recompute": self.recompute}
 
     def write(self, path: Path) -> Path:
         from wikigpt_core.artifacts import atomic_write_json
@@ -179,7 +203,8 @@ class StageSpec:
             return cls(stage=data["stage"], profile=data["profile"], code_version=data["code_version"],
                        config=data["config"], inputs=refs(data["inputs"]), lineage=refs(data["lineage"]),
                        out=Path(data["out"]).expanduser(), work=Path(data["work"]).expanduser(),
-                       fingerprint=data.get("fingerprint", ""), services=data.get("services", {}))
+                       fingerprint=data.get("fingerprint", ""), services=data.get("services", {}),
+                       recompute=bool(data.get("recompute", False)))
         except KeyError as e:
             raise SpecError(f"spec is missing the field {e.args[0]!r}") from None
 

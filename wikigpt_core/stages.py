@@ -128,7 +128,8 @@ def _sft_checkpoint(spec: StageSpec, rep) -> StageResult:
 
 def _preference_dataset(spec: StageSpec, rep) -> StageResult:
     """(prompt, chosen, rejected) pairs: SFT samples ranked by the judge, plus false-premise
-    contrasts where chosen refuses and rejected invents."""
+    contrasts where chosen refuses and rejected invents. Sampled by a launched process: bf16
+    autocast and batched prefill on a GPU."""
     from wikigpt_core.align.preferences import run_preferences
 
     sft = spec.input("sft_checkpoint")
@@ -202,11 +203,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("sft_checkpoint", _sft_checkpoint, ("base_checkpoint", "sft_dataset", "token_shards"), ("sft",), "1",
           task="sft", **_TRAINING),
     Stage("preference_dataset", _preference_dataset, ("sft_checkpoint", "sft_dataset"),
-          ("preference", "teacher"), "1", "alignment", ("jsonl",), gpu=True, network=True,
-          teacher=True, preview="preference_pairs"),
+          ("preference", "teacher"), "2", "alignment", ("jsonl",), launched=True, task="preference",
+          gpu=True, network=True, teacher=True, preview="preference_pairs"),
     Stage("dpo_checkpoint", _dpo_checkpoint, ("sft_checkpoint", "preference_dataset"), ("dpo",), "1",
           task="dpo", **_TRAINING),
-    Stage("eval_report", _eval_report, EVAL_INPUTS, ("eval", "teacher"), "1", "evaluation",
+    Stage("eval_report", _eval_report, EVAL_INPUTS, ("eval", "teacher"), "2", "evaluation",
           ("markdown", "json"), launched=True, task="eval", gpu=True, network=True, teacher=True,
           preview="eval_report"),
     Stage("hf_release", _hf_release, ("dpo_checkpoint", "tokenizer", "eval_report"), ("release",), "2",

@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -72,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_run_config(args) -> dict:
-    """Unless --verbose: one progress line per asset (wikigpt.progress), Dagster's own console
-    log at WARNING and no library preview notices. The UI keeps the full log either way."""
+    """Unless --verbose: one progress line per asset (wikigpt.progress), no Dagster console log
+    (a failure is one line after the run, `_report_failure`) and no library preview notices.
+    The UI and the run's log file keep the full log either way."""
     if getattr(args, "verbose", False):
         return {}
     import logging
@@ -83,15 +86,16 @@ def _quiet_run_config(args) -> dict:
 
     for category in (dg.PreviewWarning, dg.BetaWarning):
         warnings.filterwarnings("ignore", category=category)
-    from wikigpt_pipeline.progress import PROGRESS as progress
+    from wikigpt_pipeline.progress import PROGRESS as progress, OneLineFormatter
 
     if not progress.handlers:
         handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%H:%M:%S"))
+        handler.setFormatter(OneLineFormatter("%(asctime)s  %(message)s", "%H:%M:%S"))
         progress.addHandler(handler)
         progress.setLevel(logging.INFO)
         progress.propagate = False
-    return {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # Dagster's console logger would print each failure's whole traceback (~150 lines).
+    return {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def _load():
@@ -167,6 +171,7 @@ def _submit(args, refresh: bool) -> int:
 
 def _run(args) -> int:
     from wikigpt_core.config import load_settings, wikigpt_home
+    from wikigpt_pipeline.dead_runs import owner_tags
     from wikigpt_pipeline.jobs import PIPELINE_JOB
 
     if args.submit:
@@ -176,17 +181,55 @@ def _run(args) -> int:
     print(f"WikiGPT: profile={settings.profile} dump={settings.dump.source} "
           f"WIKIGPT_HOME={wikigpt_home()} DAGSTER_HOME={os.environ['DAGSTER_HOME']}", flush=True)
     t0 = time.time()
-    result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
-        instance=instance, raise_on_error=False, run_config=_quiet_run_config(args))
+    with _reaping_dead_runs(instance):
+        result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+            instance=instance, raise_on_error=False, run_config=_quiet_run_config(args),
+            tags=owner_tags())
     _print_summary(result)
+    if not result.success:
+        _report_failure(instance, result.run_id)
     print(f"{'succeeded' if result.success else 'FAILED'} in {time.time() - t0:.0f}s; "
           f"run {result.run_id} is in the UI (`wikigpt ui`).")
     return 0 if result.success else 1
 
 
+@contextmanager
+def _reaping_dead_runs(instance) -> Iterator[None]:
+    """Fail the runs whose process died (and free their `gpu` slot) before running here, and
+    keep doing so while this run waits for a slot (wikigpt_pipeline.dead_runs)."""
+    from wikigpt_pipeline import dead_runs
+
+    for run_id in dead_runs.reap(instance):
+        print(f"run {run_id} was left STARTED by a process that is gone: marked failed, "
+              "its pool slots freed", flush=True)
+    with dead_runs.reaping(instance):
+        yield
+
+
 _HEADLINE = ("rows", "pages", "train_tokens", "val_tokens", "vocab_size", "bytes_per_token",
              "examples_train", "pairs", "train_loss", "val_loss", "val_ppl", "ppl_base", "ppl_sft",
              "ppl_dpo", "reward_accuracy", "params")
+
+
+def _report_failure(instance, run_id: str) -> None:
+    """One line per failed step, and where the whole log is."""
+    from wikigpt_pipeline.instance import dagster_home
+    from wikigpt_pipeline.progress import failure_lines, write_run_log
+
+    log = dagster_home() / "logs" / f"{run_id}.log"
+    write_run_log(instance, run_id, log)
+    for line in failure_lines(instance, run_id):
+        print(f"  FAILED {line}")
+    print(f"  full log: {log}")
+
+
+def _last_run_of_this_process(instance) -> str | None:
+    import dagster as dg
+
+    from wikigpt_pipeline.dead_runs import owner_tags
+
+    runs = instance.get_runs(dg.RunsFilter(tags=owner_tags()), limit=1)
+    return runs[0].run_id if runs else None
 
 
 def _print_summary(result) -> None:
@@ -230,7 +273,16 @@ def _refresh(args) -> int:
     def on_pass(i, statuses):
         print(f"pass {i}: {', '.join(s.key for s in statuses)}", flush=True)
 
-    passes = staleness.refresh(instance, defs, on_pass=on_pass, run_config=_quiet_run_config(args))
+    try:
+        with _reaping_dead_runs(instance):
+            passes = staleness.refresh(instance, defs, on_pass=on_pass, run_config=_quiet_run_config(args))
+    except Exception:
+        failed = _last_run_of_this_process(instance)
+        if failed is None:
+            raise
+        _report_failure(instance, failed)
+        print(f"refresh FAILED; run {failed} is in the UI (`wikigpt ui`).")
+        return 1
     print(f"fresh after {len(passes)} pass(es)" if passes else "nothing is stale")
     return 0
 

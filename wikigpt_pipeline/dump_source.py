@@ -36,6 +36,8 @@ from wikigpt_core.data.dumpsite import LATEST
 from wikigpt_core.data.sources import parse_dump_name
 from wikigpt_core.data.errors import DumpError
 from wikigpt_pipeline.jobs import PIPELINE_JOB
+from wikigpt_pipeline.progress import PROGRESS
+from wikigpt_pipeline.retries import retry_transient_only
 from wikigpt_pipeline.staleness import REFRESH_PASS_TAG, refresh_selection
 
 DUMP_SOURCE = "wikipedia_dump"
@@ -117,13 +119,22 @@ def identity_for_run(context: dg.AssetExecutionContext, cfg: DumpConfig) -> str:
         wiki, date = name
         if last.startswith(f"{wiki}/" if date == LATEST else f"{wiki}/{date}:"):
             return last
-    identity = observe_dump(cfg)
+    identity = _observe_for_run(cfg)
     if identity != last:
         record_observation(instance, identity, cfg.source)
         # Dagster read the inputs' versions when the step started; let it read this one again,
         # or the materialization's provenance would name the previous observation.
         context.get_step_execution_context().wipe_input_asset_version_info(dg.AssetKey(DUMP_SOURCE))
     return identity
+
+
+def _observe_for_run(cfg: DumpConfig) -> str:
+    """observe_dump, saying on the console what it waits for; a 404 or a malformed reply fails
+    the step at once, only a transient error (timeout, 5xx, connection reset) is retried."""
+    if parse_dump_name(cfg.source.strip()) is not None:
+        PROGRESS.info(f"{'wiki_dump':<20} asking {cfg.base_url} for {cfg.source}'s published checksums")
+    with retry_transient_only("wiki_dump"):
+        return observe_dump(cfg)
 
 
 def build_dump_sensor(settings: Settings, *, observe: Observe = observe_dump, job_name: str = PIPELINE_JOB,

@@ -3,8 +3,9 @@
 For every run the asset resolves the stage's spec (config sections, the upstreams' current
 versions and their content hashes, the versioned out/work dirs), then:
 
-- if that version's directory is already complete, records a cache hit: the materialization
-  points at those bytes and carries their content hash, and no stage code runs;
+- if that version's directory is already complete and its bytes match its manifest, records a
+  cache hit: the materialization points at those bytes and carries their content hash, and no
+  stage code runs (a damaged version is named in the log, moved aside and recomputed);
 - else runs the stage: in this process, or through the `launcher` resource (a local subprocess
   or a rented GPU, over Dagster Pipes) with the spec written to a file.
 
@@ -26,11 +27,13 @@ from typing import Iterator
 
 import dagster as dg
 
-from wikigpt_core.artifacts import MANIFEST, content_hash, point_current, read_manifest
+from wikigpt_core.artifacts import content_hash, point_current
 from wikigpt_core.config import Settings, asset_root
+from wikigpt_core.integrity import intact_or_absent
 from wikigpt_core.pipes_bridge import StageReporter
 from wikigpt_core.spec import StageSpec
 from wikigpt_core.stages import Stage, fingerprint, resolve_spec, stage_code_version
+from wikigpt_core.version_lock import version_lock
 from wikigpt_pipeline import previews
 from wikigpt_pipeline.automation import data_eager
 from wikigpt_pipeline.dump_source import DUMP_SOURCE, identity_for_run
@@ -40,8 +43,8 @@ from wikigpt_pipeline.retries import retry_transient_only
 
 GPU_POOL = "gpu"  # one GPU stage at a time; see dagster.yaml
 RECOMPUTE_TAG = "wikigpt/recompute"
-"""Run tag: "true" runs the stages even where their version is complete (e.g. to check that a
-stage reproduces its bytes); the version directory is then replaced atomically."""
+"""Run tag: "true" runs the stages even where their version is complete, to check that a stage
+reproduces its bytes: the published version is kept, and the run fails if the bytes differ."""
 NETWORK_RETRY = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL)
 
 
@@ -68,14 +71,15 @@ class ContextReporter(StageReporter):
         self.progress.metrics(metrics, step)
 
 
-def is_complete(out: Path) -> bool:
-    """A version directory appears only by an atomic rename of a finished artifact, so a
-    manifest in it means every byte is there."""
-    return (Path(out) / MANIFEST).is_file()
+def published_intact(context: dg.AssetExecutionContext, spec: StageSpec) -> dict | None:
+    """The manifest of the spec's version when it is published and its bytes match it. A corrupt
+    one is reported by name and moved aside, so the stage recomputes it. Under the version's
+    lock: while another run computes this version, this waits for its result."""
+    with version_lock(spec.work, on_wait=context.log.info):
+        return intact_or_absent(spec.out, spec.stage, log=context.log.warning)
 
 
-def cache_hit(spec: StageSpec) -> dg.MaterializeResult:
-    manifest = read_manifest(spec.out)
+def cache_hit(spec: StageSpec, manifest: dict) -> dg.MaterializeResult:
     metadata = {"path": dg.MetadataValue.path(str(spec.out)), **to_metadata(manifest.get("stats", {}))}
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(manifest["content_hash"]))
 
@@ -132,16 +136,18 @@ def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
     def _asset(context) -> dg.MaterializeResult:  # context: AssetExecutionContext
         # wiki_dump: the observed dump's identity (date + SHA-1s) names its version
         run_fp = identity_for_run(context, settings.dump) if reads_dump else fp
-        spec = resolve_spec(settings, stage.name, fingerprint_=run_fp)
+        recompute = context.run.tags.get(RECOMPUTE_TAG) == "true"
+        spec = dataclasses.replace(resolve_spec(settings, stage.name, fingerprint_=run_fp), recompute=recompute)
         figures: dict = {}  # what the run's services cost (a rented teacher)
-        hit = is_complete(spec.out) and context.run.tags.get(RECOMPUTE_TAG) != "true"
+        published = published_intact(context, spec)  # a recompute too must not keep a corrupt one
+        hit = published is not None and not recompute
         t0 = time.monotonic()
         PROGRESS.info(f"{stage.name:<20} {'cached' if hit else 'running'}  {spec.out}")
         try:
             if hit:
                 context.log.info(f"{stage.name}: version {spec.version} is complete at {spec.out}; "
                                  "recording it without running the stage")
-                result = cache_hit(spec)
+                result = cache_hit(spec, published)
             else:
                 with services(context, stage, settings, figures) as endpoints, \
                         retry_transient_only(stage.name):  # bad input: fail now, no retries

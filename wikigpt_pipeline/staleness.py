@@ -21,6 +21,7 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.definitions.temporal_context import TemporalContext
 from dagster._time import get_current_datetime
 
+from wikigpt_pipeline.dead_runs import owner_tags
 from wikigpt_pipeline.jobs import PIPELINE_JOB
 
 REFRESH_PASS_TAG = "wikigpt/refresh_pass"
@@ -113,7 +114,7 @@ def refresh(instance: dg.DagsterInstance, defs: dg.Definitions,
         on_pass(len(passes) + 1, [s for s in statuses if s.key in keys])
         result = job.execute_in_process(
             instance=instance, asset_selection=selection,
-            raise_on_error=True, tags={REFRESH_PASS_TAG: str(len(passes) + 1)},
+            raise_on_error=True, tags={REFRESH_PASS_TAG: str(len(passes) + 1), **owner_tags()},
             run_config=run_config or {},
         )
         assert result.success

@@ -41,7 +41,7 @@ def main(scratch: Path) -> None:
     result = {"instance": best.instance_type, "accelerators": best.accelerators,
               "cloud": str(best.cloud), "hourly": best.get_cost(3600), "num_nodes": task.num_nodes,
               "envs": dict(task.envs), "setup": task.setup, "run": task.run,
-              "workdir": task.workdir, "image": str(best.image_id),
+              "workdir": task.workdir, "image": next(iter(best.image_id.values())),
               "dryrun": {"job_id": job_id, "handle": handle is not None}}
     print("PROBE-RESULT " + json.dumps(result, default=str))
 

@@ -3,9 +3,10 @@
 - The launcher's plan for `RTX4090:4` passes SkyPilot's optimizer (a 4x RTX 4090 vast offer)
   and its dry-run launch; running the task's own `run` script with the GPU count SkyPilot chose
   (`SKYPILOT_NUM_GPUS_PER_NODE`) starts `torchrun --nproc_per_node=4` on the stage.
-- The task's own `setup` cannot replace the image's torch: with the image's torch equal to the
-  pin it installs the project under a constraint holding that exact build (pip's dry-run report
-  installs no torch); with another torch in the image it refuses before pip runs.
+- Several GeForce cards get `NCCL_P2P_DISABLE=1` in the task SkyPilot runs.
+- The task's own `setup` cannot replace the image's torch: with the image's torch inside
+  pyproject's range it installs the project under a constraint holding that exact build (pip's
+  dry-run report installs no torch); with a torch outside the range it refuses before pip runs.
 
 Needs the `cloud` extra; see test_sky_tasks.py for the isolation (seeded catalog under a
 throwaway HOME, dead proxy).
@@ -19,8 +20,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from tests.needs import missing
+from wikigpt_pipeline.launchers.images import TRAINING_IMAGE
 
 # Found, not imported: SkyPilot fixes its state dir when imported, and test_sky_tasks.py points
 # it at a throwaway one first (this module's SkyPilot work runs in a subprocess).
@@ -34,9 +37,10 @@ DEAD = "http://127.0.0.1:9"  # nothing listens there: any download fails at once
 FOUR_GPU_ROW = "4x-RTX_4090-64-256000,RTX4090,4,64,250.0,\"{'Gpus': [{'Name': 'RTX4090', 'Count': 4, 'MemoryInfo': {'SizeInMiB': 98256}}], 'TotalGpuMemoryInMiB': 98256}\",1.60,1.00,\"Texas, US\",0\n"
 
 
-def pinned_torch() -> str:
+def torch_requirement() -> Requirement:
+    """pyproject's torch requirement: the range of torch releases the project supports."""
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    return next(d.split("==")[1] for d in deps if d.startswith("torch=="))
+    return next(r for r in map(Requirement, deps) if r.name == "torch")
 
 
 def isolated_env(home: Path) -> dict:
@@ -75,13 +79,17 @@ def recording_python(bin_dir: Path) -> Path:
     return shim
 
 
+@pytest.mark.requires_tool("rsync")  # SkyPilot's dry run refuses to start without it
 def test_rtx4090x4_plan_is_a_4_gpu_offer_and_dry_runs(planned):
     assert planned["cloud"] == "Vast" and planned["accelerators"] == {"RTX4090": 4}
     assert planned["instance"].startswith("4x-RTX_4090") and planned["num_nodes"] == 1
     assert planned["dryrun"] == {"job_id": None, "handle": False}  # nothing provisioned
-    assert f"docker:pytorch/pytorch:{pinned_torch()}-cuda12.8-cudnn9-runtime" in planned["image"]
+    assert planned["image"] == TRAINING_IMAGE
+    # Four GeForce cards: NCCL must not use their peer-to-peer path (known to hang).
+    assert planned["envs"]["NCCL_P2P_DISABLE"] == "1"
 
 
+@pytest.mark.requires_tool("rsync")  # SkyPilot's dry run refuses to start without it
 def test_rtx4090x4_task_runs_the_stage_under_torchrun(planned, tmp_path):
     gpus = planned["accelerators"]["RTX4090"]  # what SkyPilot exports as SKYPILOT_NUM_GPUS_PER_NODE
     argv_file = tmp_path / "argv"
@@ -107,10 +115,11 @@ def run_setup(planned, home: Path, extra_env: dict) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.requires_tool("rsync")  # SkyPilot's dry run refuses to start without it
 def test_setup_installs_around_the_images_torch(planned, tmp_path):
     import torch
 
-    assert torch.__version__.split("+")[0] == pinned_torch()  # this venv stands in for the image
+    assert torch_requirement().specifier.contains(torch.__version__.split("+")[0])  # this venv stands in for the image
     report = tmp_path / "pip-report.json"
     # pip's own dry run of exactly the command the task runs: it resolves, installs nothing.
     done = run_setup(planned, tmp_path, {"PIP_DRY_RUN": "1", "PIP_REPORT": str(report)})
@@ -122,13 +131,28 @@ def test_setup_installs_around_the_images_torch(planned, tmp_path):
     assert int((tmp_path / "wikigpt_io" / "setup_seconds").read_text()) >= 0
 
 
-def test_setup_refuses_an_image_with_another_torch(planned, tmp_path):
+@pytest.mark.requires_tool("rsync")  # SkyPilot's dry run refuses to start without it
+def image_with_torch(tmp_path: Path, version: str) -> dict:
+    """Env for run_setup in which `import torch` finds an image's torch of `version`."""
     fake = tmp_path / "image_site" / "torch"
     fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text('__version__ = "2.5.1+cu124"\n')  # the old image's torch
+    (fake / "__init__.py").write_text(f'__version__ = "{version}"\n')
+    return {"PYTHONPATH": str(tmp_path / "image_site")}
+
+
+@pytest.mark.parametrize("version", ["2.5.1+cu124", "2.10.0+cu128", "2.14.0+cu130"])
+def test_setup_refuses_an_image_whose_torch_is_outside_the_range(planned, tmp_path, version):
     report = tmp_path / "pip-report.json"
-    done = run_setup(planned, tmp_path, {"PYTHONPATH": str(tmp_path / "image_site"),
+    done = run_setup(planned, tmp_path, {**image_with_torch(tmp_path, version),
                                          "PIP_DRY_RUN": "1", "PIP_REPORT": str(report)})
     assert done.returncode == 3
-    assert "the image's torch is 2.5.1+cu124" in done.stderr and f"torch=={pinned_torch()}" in done.stderr
+    assert f"the image's torch is {version}" in done.stderr and str(torch_requirement()) in done.stderr
     assert not report.exists() and not (tmp_path / "wikigpt_io" / "setup_seconds").exists()  # pip never ran
+
+
+def test_setup_accepts_the_oldest_supported_torch(planned, tmp_path):
+    """A vendor image's torch 2.11 passes the range check and becomes the pip constraint. (pip's
+    offline resolve then fails here, where only this venv's 2.13 is installed.)"""
+    done = run_setup(planned, tmp_path, {**image_with_torch(tmp_path, "2.11.0+cu130"), "PIP_DRY_RUN": "1"})
+    assert "refusing" not in done.stderr
+    assert (tmp_path / "wikigpt_io" / "torch-constraint.txt").read_text().strip() == "torch==2.11.0+cu130"

@@ -19,6 +19,7 @@ import pytest
 
 from tests.needs import missing
 from wikigpt_core.stages import STAGES
+from wikigpt_pipeline.launchers.images import TRAINING_IMAGE, image_for
 
 # SkyPilot keeps its catalogs and state under $SKY_RUNTIME_DIR (default: ~) and resolves the
 # path at import, so point it at a throwaway dir before importing; it is seeded below.
@@ -39,7 +40,9 @@ except ImportError as e:
 pytestmark = pytest.mark.cloud
 REPO = Path(__file__).resolve().parents[2]
 YAMLS = sorted((REPO / "sky").glob("*.yaml"))
-GPU_TASKS = {"pretrain", "sft", "dpo", "eval", "teacher"}
+GPU_TASKS = {"pretrain", "sft", "preference", "dpo", "eval", "teacher"}
+TEACHER_TASKS = {s.task for s in STAGES.values() if s.launched and s.teacher}
+"""Boxes whose stage calls the teacher, so they carry its key."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,16 +64,23 @@ def test_yaml_loads_and_validates_with_skypilots_loader(path, monkeypatch):
     (res,) = task.resources
     assert str(res.cloud) == "Vast"
     assert res.accelerators == {"RTX4090": 1}
-    assert str(res.image_id[None]).startswith("docker:")
+    assert res.image_id[None] == image_for(path.stem)  # the tag images.py names, as SkyPilot reads it
     assert res.disk_size >= 60
     assert res.autostop_config.enabled and res.autostop_config.down
-    # HF_TOKEN / WANDB_API_KEY are secrets resolved at launch, never inline values.
-    assert {r.name for r in task.managed_secret_refs} >= {"HF_TOKEN", "WANDB_API_KEY"}
+    # Secrets are resolved at launch, never inline values.
     assert not task.secrets
+    secrets = {r.name for r in task.managed_secret_refs}
     if path.stem == "teacher":
         assert "vllm serve" in task.run and "Qwen/Qwen2.5-7B-Instruct" in task.envs.values()
-        assert res.ports == ["8001"]
-    else:
+        # The private line: no port open to the internet, vLLM on the box's loopback only,
+        # and no pip install on paid time (the image is vLLM's own).
+        assert not res.ports and "--host 127.0.0.1" in task.run
+        assert "pip install" not in (task.setup or "") + task.run
+        # Only what serving needs: the API key, and a read token for a gated model.
+        assert secrets == {"VLLM_API_KEY", "HF_READ_TOKEN"}
+    else:  # Hub sync, W&B, and the teacher's key where the stage calls it
+        teacher_key = {"WIKIGPT_TEACHER_API_KEY"} if path.stem in TEACHER_TASKS else set()
+        assert secrets == {"HF_TOKEN", "WANDB_API_KEY"} | teacher_key
         assert Path(task.workdir) == REPO  # `workdir: .` expanded by validate()
         assert task.setup.strip() == "bash sky/setup.sh"  # installs around the image's torch
         # Which stage runs comes from the launcher (WIKIGPT_STAGE, from the stage registry).
@@ -140,12 +150,14 @@ def probe(tmp_path_factory):
     return json.loads(line.removeprefix("PROBE-RESULT ")), before, after
 
 
+@pytest.mark.requires_tool("rsync")  # SkyPilot's dry run refuses to start without it
 def test_vast_is_enabled_by_the_fake_key(probe):
     result, _, _ = probe
     assert "Vast" in sum(result["enabled"].values(), [])
 
 
-@pytest.mark.parametrize("stage", ["base_checkpoint", "sft_checkpoint", "dpo_checkpoint", "eval_report"])
+@pytest.mark.parametrize("stage", [s.name for s in STAGES.values() if s.launched])
+@pytest.mark.requires_tool("rsync")  # SkyPilot's dry run refuses to start without it
 def test_launcher_plan_passes_skypilots_optimizer(probe, stage):
     plan = probe[0]["plans"][stage]
     chosen = plan["chosen"]
@@ -154,22 +166,53 @@ def test_launcher_plan_passes_skypilots_optimizer(probe, stage):
     assert chosen["instance"] == "1x-RTX_4090-16-64000" and chosen["hourly"] == pytest.approx(0.40)
     assert chosen["use_spot"] is False
     # Inputs are uploaded through file_mounts; outputs are written under ~/wikigpt_io/out.
-    assert all(k.startswith("~/wikigpt_io/in/") for k in plan["file_mounts"])
+    # Inputs only: the stage's direct inputs and its spec, never the rest of its lineage.
+    inputs = STAGES[stage].inputs
+    assert sorted(plan["file_mounts"]) == sorted(
+        [f"~/wikigpt_io/in/{name}" for name in inputs] + ["~/wikigpt_io/in/spec.json"])
     assert plan["stage"] == stage and plan["args"] == "--spec ~/wikigpt_io/in/spec.json"
     remote = plan["remote_spec"]  # the spec the remote stage reads, in the remote layout
     assert remote["out"] == f"~/wikigpt_io/out/{stage}" and remote["stage"] == stage
     assert all(r["path"].startswith("~/wikigpt_io/in/") for r in remote["inputs"].values())
+    assert set(remote["lineage"]) == set(inputs)
+    assert chosen["image"] == TRAINING_IMAGE
+    # The extras the box installs follow the stage: `124m` turns lm-evaluation-harness on.
+    assert plan["extras"] == ("wandb,lmeval" if stage == "eval_report" else "wandb")
 
 
+@pytest.mark.requires_tool("rsync")  # SkyPilot's dry run refuses to start without it
+def test_base_checkpoint_uploads_token_shards_and_tokenizer_only(probe):
+    """At `124m` the resolved spec's lineage reaches back to the dump; the plan uploads what the
+    stage reads and says how much that is."""
+    plan = probe[0]["plans"]["base_checkpoint"]
+    assert sorted(plan["file_mounts"]) == ["~/wikigpt_io/in/spec.json", "~/wikigpt_io/in/token_shards",
+                                           "~/wikigpt_io/in/tokenizer"]
+    assert "wiki_dump" in plan["local_lineage"] and "deduped_corpus" in plan["local_lineage"]
+    assert plan["upload_bytes"] == plan["mounted_bytes"] and plan["upload_bytes"] < 10_000
+
+
+@pytest.mark.requires_tool("rsync")  # SkyPilot's dry run refuses to start without it
 def test_spot_plan_uses_interruptible_price(probe):
     spot = probe[0]["spot"]
     assert spot["use_spot"] is True and spot["hourly"] == pytest.approx(0.25)
 
 
+@pytest.mark.requires_tool("rsync")  # SkyPilot's dry run refuses to start without it
 def test_teacher_fits_one_4090(probe):
     assert probe[0]["teacher_hourly"] == pytest.approx(0.40)
 
 
+@pytest.mark.requires_tool("rsync")  # SkyPilot's dry run refuses to start without it
+def test_teacher_plan_carries_only_its_secrets_and_opens_no_port(probe):
+    """The launcher's teacher plan, as SkyPilot's own Task reads it, with a write token and a
+    W&B key in the orchestrator's environment."""
+    teacher = probe[0]["teacher_plan"]
+    assert teacher["secrets"] == {"VLLM_API_KEY": "<set>", "HF_READ_TOKEN": "<empty>"}
+    assert teacher["ports"] is None and teacher["image"] == image_for("teacher")
+    assert not {"HF_TOKEN", "WANDB_API_KEY"} & set(teacher["envs"])
+
+
+@pytest.mark.requires_tool("rsync")  # SkyPilot's dry run refuses to start without it
 def test_pretrain_dry_run_and_no_network(probe):
     result, before, after = probe
     assert result["dryrun"] == {"job_id": None, "handle": False}  # dry run: nothing provisioned
@@ -190,7 +233,6 @@ def test_flow_fake_matches_the_real_sdk_signatures():
         (sky.queue, ("c",), {}),
         (sky.tail_logs, ("c", 1), {"follow": True, "output_stream": None}),
         (sky.down, ("c",), {}),
-        (sky.endpoints, ("c", 8001), {}),
         (sky.Task.from_yaml_config, ({},), {}),
         (sky.jobs.launch, ("task",), {"name": "n"}),
         (sky.jobs.tail_logs, (), {"job_id": 1, "follow": True, "output_stream": None}),
@@ -202,6 +244,5 @@ def test_flow_fake_matches_the_real_sdk_signatures():
     source = (REPO / "wikigpt_pipeline" / "launchers" / "skypilot.py").read_text()
     for name in ("sky.launch(", "sky.stream_and_get(", "sky.status(", "sky.queue(",
                  "sky.tail_logs(", "sky.down(", "sky.jobs.launch(", "sky.jobs.tail_logs(",
-                 "sky.jobs.queue(", "sky.jobs.cancel(", "sky.Task.from_yaml_config(",
-                 "sky.endpoints("):
+                 "sky.jobs.queue(", "sky.jobs.cancel(", "sky.Task.from_yaml_config("):
         assert name in source, f"launcher no longer calls {name}; update this list"

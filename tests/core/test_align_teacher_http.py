@@ -16,7 +16,7 @@ import pytest
 
 from wikigpt_core.align.teacher import ExampleSpec, Teacher
 from wikigpt_core.llm import offline
-from wikigpt_core.llm.client import Failure, TeacherError, make_client
+from wikigpt_core.llm.client import Failure, TeacherAuthError, TeacherError, make_client
 from wikigpt_core.llm.judge import Judge, JudgeItem
 from wikigpt_core.llm.prompts import judge_request
 from wikigpt_core.config import TeacherConfig
@@ -34,6 +34,7 @@ class ChatServer:
         self.requests: list[dict] = []
         self.auth_headers: list[str | None] = []
         self.fail_on: set[int] = set()  # 1-based request numbers answered with HTTP 500
+        self.refuse_with: int | None = None  # answer every request with this status (401, 403)
         self.delay_s = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -62,6 +63,9 @@ class ChatServer:
             def _answer(self, body: dict, n: int) -> None:
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
+                if server.refuse_with:  # a careless server that echoes the key it refused
+                    return self._send(server.refuse_with, {"error": {
+                        "message": f"invalid key: {self.headers.get('Authorization')}"}})
                 if n in server.fail_on:
                     return self._send(500, {"error": {"message": "injected failure"}})
                 if body.get("model") != "test-teacher":
@@ -236,3 +240,37 @@ def test_json_schema_mode_sends_each_replys_schema(server: ChatServer):
     summ, extract = sorted((f["schema"] for f in formats), key=lambda sch: len(sch["required"]))
     assert summ["required"] == ["response"] and summ["properties"]["response"]["maxLength"] == 77
     assert extract["required"] == ["items", "response"] and extract["properties"]["items"]["type"] == "array"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_stops_at_the_first_request_and_names_the_key_variable(
+        server: ChatServer, tmp_path: Path, monkeypatch, status: int):
+    """A wrong key is not transient: the first request goes alone, its 401/403 stops the batch,
+    nothing else is sent, and the error names the variable to fix without echoing the body."""
+    monkeypatch.setenv("WIKIGPT_TEACHER_API_KEY", SECRET)
+    server.refuse_with = status
+    server.delay_s = 0.05  # concurrent requests would overlap, had any been sent
+    client = make_client(_cfg(server.url), tmp_path / "cache")  # concurrency 4, 3 retries
+    with pytest.raises(TeacherAuthError) as refused:
+        Teacher(client).write_examples(_specs())
+    assert len(server.requests) == 1 and client.usage.requests == 1 and client.usage.retries == 0
+    message = str(refused.value)
+    assert f"HTTP {status}" in message and "WIKIGPT_TEACHER_API_KEY" in message
+    assert SECRET not in message and "invalid key" not in message  # the body is never quoted
+    assert refused.value.transient is False  # the stage's retry policy does not retry it
+    # The same client sends nothing more: a later batch fails at once, without a request.
+    with pytest.raises(TeacherAuthError):
+        Judge(client).compare([JudgeItem("q", "a", "b")])
+    assert len(server.requests) == 1
+    assert not list((tmp_path / "cache").rglob("*.json"))
+
+
+def test_error_messages_never_quote_the_response_body(server: ChatServer, tmp_path: Path, monkeypatch):
+    """A 4xx or 5xx body may echo what the request carried; the message says status and hint only."""
+    monkeypatch.setenv("WIKIGPT_TEACHER_API_KEY", SECRET)
+    server.fail_on = {1}  # the first request, which goes alone
+    cfg = _cfg(server.url)
+    cfg.max_retries = 0
+    out = Teacher(make_client(cfg, None)).write_examples(_specs())
+    assert out[0].reason == "request_failed" and "HTTP 500" in out[0].detail
+    assert "injected failure" not in out[0].detail

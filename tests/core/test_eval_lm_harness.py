@@ -217,3 +217,19 @@ def test_missing_outcome_file_reads_as_off(tmp_path):
     assert read_lm_eval(tmp_path).status == "off"
     (tmp_path / LM_EVAL_FILE).write_text(json.dumps(LmEvalOutcome("unavailable", reason="no Hub").to_json()))
     assert read_lm_eval(tmp_path).reason == "no Hub"
+
+
+def test_lm_eval_forwards_run_under_the_stage_autocast_when_the_harness_can():
+    """lm-eval 0.4.9+ takes `mixed_precision_dtype` (its forwards under autocast); an older HFLM
+    has no such argument and must not be given one."""
+    from wikigpt_core.eval.lm_harness import _autocast_args
+
+    class NewHFLM:
+        def __init__(self, pretrained, mixed_precision_dtype=None): ...
+
+    class OldHFLM:
+        def __init__(self, pretrained, dtype="auto"): ...
+
+    assert _autocast_args(NewHFLM, torch.bfloat16) == {"mixed_precision_dtype": torch.bfloat16}
+    assert _autocast_args(NewHFLM, None) == {}  # float32: no autocast asked
+    assert _autocast_args(OldHFLM, torch.bfloat16) == {}

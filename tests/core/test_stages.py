@@ -38,8 +38,8 @@ def test_code_version_follows_exactly_the_declared_sections():
     assert stage_code_version(clean, back, "") == stage_code_version(clean, settings, "")
 
 
-def _artifact(root, name: str, text: str):
-    with ArtifactWriter(root / name / "v", stage=name) as w:
+def _artifact(root, name: str, text: str, version: str = "v"):
+    with ArtifactWriter(root / name / version, stage=name) as w:
         (w.dir / "data.txt").write_text(text)
         (w.run_dir / "log.txt").write_text(f"took {len(text)} s")  # run record: not hashed
     point_current(w.out)
@@ -61,10 +61,13 @@ def test_spec_round_trips_and_versions_follow_input_bytes(tmp_path, monkeypatch)
     with pytest.raises(SpecError, match="no input"):
         again.input("wiki_dump")
 
-    _artifact(tmp_path / "tiny", "deduped_corpus", "corpus v2")  # new bytes upstream
+    _artifact(tmp_path / "tiny", "deduped_corpus", "corpus v2", "v2")  # new bytes upstream
     assert resolve_spec(settings, "tokenizer").version != spec.version
+    spec.verify(STAGES["tokenizer"].version, STAGES["tokenizer"].sections)  # its input is untouched
+    stale = spec.to_json()
+    stale["inputs"]["deduped_corpus"]["content_hash"] = "0" * 64  # not what the input holds
     with pytest.raises(SpecError, match="re-resolve"):
-        spec.verify(STAGES["tokenizer"].version, STAGES["tokenizer"].sections)
+        StageSpec.from_json(stale).verify(STAGES["tokenizer"].version, STAGES["tokenizer"].sections)
 
 
 def test_run_record_stays_out_of_the_content_hash(tmp_path):

@@ -101,7 +101,7 @@ def test_flops_and_gpu_peaks():
     assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert gpu_peak_flops("NVIDIA H200") == 989e12
     assert gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
-    assert gpu_peak_flops("NVIDIA GeForce RTX 4090") == 165e12
+    assert gpu_peak_flops("NVIDIA GeForce RTX 4090") == 165.2e12
     assert gpu_peak_flops("Tesla T4") is None  # unknown: no MFU rather than a wrong one
 
 

@@ -1,6 +1,7 @@
-"""Checkpoints: a run that crashes and restarts ends bit-identical to an uninterrupted one (CPU);
-a real SIGKILL mid-run resumes from the last checkpoint; keep-last-K; a changed config never
-resumes a stale checkpoint; the resume file loads with weights_only=True."""
+"""Checkpoints: a run that crashes and restarts ends bit-identical to an uninterrupted one (CPU),
+also from a checkpoint written on four GPUs; a real SIGKILL mid-run resumes from the last
+checkpoint; keep-last-K; a changed config never resumes a stale checkpoint; the resume file
+loads with weights_only=True."""
 from __future__ import annotations
 
 import json
@@ -73,6 +74,78 @@ def test_resume_is_bit_identical(tmp_path, shards):
     assert {"step": 4, "resumed_from": 4} in log
     train_steps = [r["step"] for r in log if "loss/train" in r]
     assert train_steps == [1, 2, 3, 4, 5, 6]  # the lost step 5 of the crashed run is not duplicated
+
+
+def four_gpu_rng_states() -> list[torch.Tensor]:
+    """What older code saved on a 4-GPU box: torch.cuda.get_rng_state_all(), one ByteTensor
+    (Philox seed and offset) per visible GPU."""
+    return [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]
+
+
+def refuse_four_states(states):
+    raise IndexError(f"{len(states)} CUDA RNG states for 1 visible GPU")
+
+
+def test_checkpoint_from_four_gpus_resumes_in_one_process_bit_identical(tmp_path, shards, monkeypatch):
+    shards_dir, vocab = shards
+    cfg, mcfg = micro_train(max_steps=6, ckpt_interval=2), micro_model(vocab)
+    full = run_pretrain(mcfg, cfg, shards_dir, tmp_path / "a", tmp_path / "work_a")
+    work = tmp_path / "work_b"
+    with pytest.raises(Crash):
+        run_pretrain(mcfg, cfg, shards_dir, tmp_path / "b", work, on_metrics=crash_at(5))
+    resume_file = next(work.glob("*/ckpt-00000004")) / "resume.pt"
+    state = torch.load(resume_file, weights_only=True)
+    assert "cuda" not in state["rng"]  # trained on CPU: no CUDA generator to keep
+    state["rng"]["cuda"] = four_gpu_rng_states()
+    torch.save(state, resume_file)
+
+    # As on a one-GPU box: CUDA is present, and restoring the four states there would fail.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", refuse_four_states)
+    resumed = run_pretrain(mcfg, cfg, shards_dir, tmp_path / "b", work, device="cpu")
+    assert "resumed_from" in (resumed.path / "run" / "log.jsonl").read_text()
+    a, b = weights(full.path), weights(resumed.path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.stats["train_loss"] == full.stats["train_loss"]
+
+
+@pytest.fixture
+def fake_cuda_rng(monkeypatch):
+    """torch.cuda's RNG calls recorded instead of run, with CUDA reported present."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: calls.append((s, device)))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.full((16,), 9, dtype=torch.uint8))
+    return calls
+
+
+def test_only_the_current_devices_cuda_rng_state_is_saved_and_restored(fake_cuda_rng):
+    from wikigpt_core.train.checkpoint import rng_state, set_rng_state
+
+    gpu1 = torch.device("cuda", 1)
+    state = rng_state(gpu1)
+    assert torch.equal(state["cuda"], torch.full((16,), 9, dtype=torch.uint8))  # one state, not a list
+    set_rng_state(state, gpu1)
+    assert fake_cuda_rng[-1][1] == gpu1 and torch.equal(fake_cuda_rng[-1][0], state["cuda"])
+    # older checkpoints: a list from 4 GPUs; this device's entry, or the first past its end
+    set_rng_state({**state, "cuda": four_gpu_rng_states()}, torch.device("cuda", 2))
+    assert int(fake_cuda_rng[-1][0][0]) == 2
+    set_rng_state({**state, "cuda": four_gpu_rng_states()}, torch.device("cuda", 5))
+    assert int(fake_cuda_rng[-1][0][0]) == 0
+    n = len(fake_cuda_rng)
+    set_rng_state({**state, "cuda": four_gpu_rng_states()}, torch.device("cpu"))
+    assert len(fake_cuda_rng) == n  # a GPU checkpoint resumed on CPU: nothing to restore
+
+
+def test_a_cuda_rng_state_is_skipped_without_cuda(monkeypatch):
+    from wikigpt_core.train.checkpoint import rng_state, set_rng_state
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    torch.manual_seed(3)
+    state = {**rng_state(torch.device("cpu")), "cuda": four_gpu_rng_states()}
+    expected = torch.rand(3)
+    set_rng_state(state, torch.device("cuda", 0))  # does not raise
+    assert torch.equal(torch.rand(3), expected)  # and the CPU state was still restored
 
 
 def test_checkpointer_keeps_last_k_and_ignores_partial_writes(tmp_path):

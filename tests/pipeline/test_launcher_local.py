@@ -190,3 +190,46 @@ def test_stage_reporter_without_pipes_prints_and_never_imports_dagster(tmp_path)
                          capture_output=True, text=True).stdout
     assert "[pretrain] step 7: loss/train=2.5 tps=1000" in out
     assert '"content_hash": "abc123"' in out and '"nested/a": 1' in out
+
+
+LAUNCHER = textwrap.dedent('''
+    import subprocess, sys, time
+    from wikigpt_pipeline.launchers.local import tied_popen_kwargs
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], **tied_popen_kwargs())
+    print(child.pid, flush=True)
+    time.sleep(600)
+''')
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a reaper that a container may not have."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+def test_a_stage_process_dies_with_its_killed_launcher():
+    import signal
+    import subprocess
+    import time
+
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = int(launcher.stdout.readline())
+    try:
+        assert os.getpgid(child) == child  # its own group: stopped together with its workers
+        assert _alive(child)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the stage outlived the killed launcher"
+    finally:
+        launcher.kill()
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)

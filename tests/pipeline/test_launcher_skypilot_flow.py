@@ -22,12 +22,47 @@ import numpy as np
 import pytest
 
 from tests.core.train_support import make_tokenizer, stage_spec
-from wikigpt_core.artifacts import content_hash, read_manifest
+from wikigpt_core.artifacts import ArtifactWriter, content_hash, read_manifest
 from wikigpt_pipeline.launchers import ComputeLauncher
 from wikigpt_pipeline.launchers import skypilot as sky_launcher
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.requires_tool("rsync")  # copies outputs back; skips locally without it, fails in CI
+
+FAKE_SSH = textwrap.dedent('''
+    #!{python}
+    """`ssh` to a fake cluster, whose remote home is {home}. `ssh -N ... -L L:host:R CLUSTER`
+    forwards local port L to what listens on the box's port R (the address the fake SDK wrote to
+    .listening/R); `ssh -N ... -R P:host:P CLUSTER` has nothing to do (the fake box is this
+    machine, its loopback ours); `ssh CLUSTER CMD` runs CMD in the remote home (as rsync does)."""
+    import json, os, socket, sys, threading, time
+    from pathlib import Path
+
+    home = Path("{home}")
+    args = sys.argv[1:]
+    with open(home / ".ssh_calls", "a") as log:
+        log.write(json.dumps(args) + "\\n")
+    if "-N" not in args:
+        os.chdir(home)
+        os.execvp("sh", ["sh", "-c", " ".join(args[1:])])
+    if "-L" not in args:
+        while True:
+            time.sleep(60)
+    _, local, _, remote = args[args.index("-L") + 1].split(":")
+    host, port = (home / ".listening" / remote).read_text().split(":")
+
+    def pump(src, dst):
+        while data := src.recv(65536):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+
+    listener = socket.create_server(("127.0.0.1", int(local)))
+    while True:
+        client, _ = listener.accept()
+        upstream = socket.create_connection((host, int(port)))
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=pump, args=(a, b), daemon=True).start()
+''').lstrip()
 
 FIXTURE_STAGE = textwrap.dedent('''
     import argparse
@@ -152,13 +187,6 @@ class FakeSky:
         output_stream.write(job["log"])
         return 0 if job["status"] == "SUCCEEDED" else 100
 
-    def endpoints(self, cluster, port=None):
-        self.calls.append(("endpoints", cluster, port))
-        return ("endpoints", cluster, port)
-
-    def _do_endpoints(self, cluster, port):
-        return {port: self.clusters[cluster]["endpoint"]} if cluster in self.clusters else {}
-
     # -- request bodies
     def _do_launch(self, task, cluster_name):
         cluster = self.clusters.setdefault(cluster_name, {"status": "UP", "jobs": {}})
@@ -168,9 +196,12 @@ class FakeSky:
             (shutil.copytree if Path(local).is_dir() else shutil.copyfile)(local, dest)
         job_id = next(self.job_ids)
         cluster["jobs"][job_id] = {"status": "PENDING", "task": task, "log": ""}
-        cluster["endpoint"] = self.serve_at  # where a served task (the teacher) answers
         if "vllm serve" in task.config.get("run", ""):  # a server: running until downed
             cluster["jobs"][job_id]["status"] = "RUNNING"
+            # The box's loopback port the server listens on, as the fake ssh forwards to it.
+            listening = self.remote_home / ".listening" / task.config["envs"]["TEACHER_PORT"]
+            listening.parent.mkdir(exist_ok=True)
+            listening.write_text(self.serve_at or "127.0.0.1:9")
         return job_id, FakeHandle()
 
     def _do_jobs_launch(self, task, name):
@@ -217,13 +248,14 @@ class FakeSky:
 
 @pytest.fixture()
 def remote(tmp_path, monkeypatch):
-    """A fake SkyPilot, a fake remote home, and an `ssh <cluster> cmd` stand-in for rsync."""
+    """A fake SkyPilot, a fake remote home, and an `ssh <cluster>` stand-in for rsync and the
+    teacher's port-forward."""
     home = tmp_path / "remote_home"
     home.mkdir()
     fake = FakeSky(home)
     monkeypatch.setattr(sky_launcher, "load_sky", lambda: fake)
     fake_ssh = tmp_path / "fake_ssh"
-    fake_ssh.write_text(f'#!/bin/sh\nshift\ncd "{home}" && exec sh -c "$*"\n')
+    fake_ssh.write_text(FAKE_SSH.format(python=sys.executable, home=home))
     fake_ssh.chmod(0o755)
     pkgs = tmp_path / "pkgs" / "wg_fixture"
     pkgs.mkdir(parents=True)
@@ -239,7 +271,7 @@ def remote(tmp_path, monkeypatch):
     (sky_dir / "fixture.yaml").write_text(
         text.replace("bash sky/run_stage.sh", "bash sky/run_stage.sh wg_fixture.stage"))
     shutil.copy(REPO / "sky" / "pretrain.yaml", sky_dir / "pretrain.yaml")
-    launcher = ComputeLauncher(backend="skypilot", sky_dir=str(sky_dir), rsync_ssh=str(fake_ssh),
+    launcher = ComputeLauncher(backend="skypilot", sky_dir=str(sky_dir), ssh=str(fake_ssh),
                                env={"WANDB_MODE": "disabled"})
     return fake, launcher
 
@@ -354,6 +386,15 @@ def test_real_pretrain_task_yaml_end_to_end(tmp_path, remote):
     # The config travels inside the spec, which the launcher rewrites to remote paths and uploads.
     spec = stage_spec(tmp_path / "specs", "base_checkpoint", toml,
                       {"token_shards": shards, "tokenizer": tmp_path / "tokenizer"}, out, work)
+    # An ancestor in the lineage (figures for a model card), as a resolved 124m spec has the
+    # ~22 GB dump: it must not travel, and the remote stage must not need it.
+    with ArtifactWriter(tmp_path / "wiki_dump", stage="wiki_dump") as w:
+        (w.dir / "enwiki.xml.bz2").write_bytes(b"x" * 200_000)
+    resolved = json.loads(spec.read_text())
+    resolved["lineage"]["wiki_dump"] = {"path": str(w.out), "content_hash": read_manifest(w.out)["content_hash"]}
+    # A rented teacher for this run, at the local end of its SSH port-forward.
+    resolved["services"] = {"teacher_url": "http://127.0.0.1:48123/v1"}
+    spec.write_text(json.dumps(resolved))
 
     @dg.asset(name="base_checkpoint")
     def base_checkpoint(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
@@ -367,10 +408,22 @@ def test_real_pretrain_task_yaml_end_to_end(tmp_path, remote):
     assert md["last_step"] == 2 and md["last/loss/train"] > 0    # live metrics over the log
     assert md["content_hash"] == content_hash(out)
     assert (out / "model.safetensors").exists()
-    assert (fake.remote_home / "wikigpt_io" / "in" / "token_shards" / "train.bin").exists()
-    remote_spec = json.loads((fake.remote_home / "wikigpt_io" / "in" / "spec.json").read_text())
+    uploaded = fake.remote_home / "wikigpt_io" / "in"
+    assert (uploaded / "token_shards" / "train.bin").exists()
+    remote_spec = json.loads((uploaded / "spec.json").read_text())
     assert remote_spec["inputs"]["token_shards"]["path"] == "~/wikigpt_io/in/token_shards"
     assert remote_spec["out"] == "~/wikigpt_io/out/base_checkpoint"
+    # Only the inputs travelled, and the stage ran without the rest of its lineage.
+    assert sorted(p.name for p in uploaded.iterdir()) == ["spec.json", "token_shards", "tokenizer"]
+    assert set(remote_spec["lineage"]) == {"token_shards", "tokenizer"}
+    # What the launch uploaded, in the metadata (the fixture's clock does not move here).
+    assert md["upload_bytes"] == sum(f.stat().st_size for f in uploaded.rglob("*") if f.is_file())
+    assert 0 < md["upload_bytes"] < 200_000 and md["upload_seconds"] >= 0
+    # The teacher's port reached the box's loopback through `ssh -R`, for the stage's run.
+    calls = [json.loads(line) for line in (fake.remote_home / ".ssh_calls").read_text().splitlines()]
+    (tunnel,) = [call for call in calls if "-N" in call]
+    assert tunnel[tunnel.index("-R") + 1] == "127.0.0.1:48123:127.0.0.1:48123"
+    assert tunnel[-1] == md["cluster"]
 
 
 def md_cluster(fake) -> str:
@@ -396,9 +449,9 @@ class _ModelsHandler(__import__("http.server").server.BaseHTTPRequestHandler):
 
 
 def test_teacher_endpoint_serves_then_always_tears_down(remote, monkeypatch, clock):
-    """sky/teacher.yaml is launched, its endpoint polled over real HTTP until vLLM's
-    /v1/models answers (with the API key), yielded, and downed when the block exits; its
-    GPU time and cost land in the figures even though the block failed."""
+    """sky/teacher.yaml is launched, reached through an SSH port-forward to the cluster's alias,
+    polled over real HTTP until vLLM's /v1/models answers (with the API key), yielded, and downed
+    when the block exits; its GPU time and cost land in the figures though the block failed."""
     import http.server
     import threading
 
@@ -411,6 +464,7 @@ def test_teacher_endpoint_serves_then_always_tears_down(remote, monkeypatch, clo
     threading.Thread(target=server.serve_forever, daemon=True).start()
     fake.serve_at = f"127.0.0.1:{server.server_address[1]}"
     monkeypatch.setenv("WIKIGPT_TEACHER_API_KEY", "k-123")
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-secret")  # the teacher box must get neither
     seen, figures = {}, {}
 
     @dg.asset(name="sft_dataset")
@@ -420,7 +474,7 @@ def test_teacher_endpoint_serves_then_always_tears_down(remote, monkeypatch, clo
             seen["polls_before_yield"] = list(polls)
             task = next(iter(fake.clusters.values()))["jobs"][1]["task"]
             seen["secrets"], seen["envs"] = dict(task.config["secrets"]), dict(task.config["envs"])
-            seen["run"] = task.config["run"]
+            seen["run"], seen["resources"] = task.config["run"], dict(task.config["resources"])
             raise RuntimeError("generation failed halfway")
 
     try:
@@ -429,11 +483,23 @@ def test_teacher_endpoint_serves_then_always_tears_down(remote, monkeypatch, clo
         server.shutdown()
     assert not res.success                                     # the block's error propagates
     assert "generation failed halfway" in res.get_step_failure_events()[0].step_failure_data.error.cause.message
-    assert seen["url"] == f"http://{fake.serve_at}/v1"         # host:port from sky.endpoints + /v1
-    # Before yielding, the launcher waited for vLLM with the key from WIKIGPT_TEACHER_API_KEY.
+    # The private line: the URL is the local end of `ssh -N -L <port>:127.0.0.1:8001 <cluster>`,
+    # the box opens no port, and vLLM listens on its loopback only.
+    cluster = md_cluster(fake)
+    (tunnel,) = [json.loads(line) for line in (fake.remote_home / ".ssh_calls").read_text().splitlines()]
+    local_port = seen["url"].removeprefix("http://127.0.0.1:").removesuffix("/v1")
+    assert seen["url"] == f"http://127.0.0.1:{local_port}/v1" != f"http://{fake.serve_at}/v1"
+    assert tunnel[0] == "-N" and tunnel[-1] == cluster
+    assert tunnel[tunnel.index("-L") + 1] == f"127.0.0.1:{local_port}:127.0.0.1:8001"
+    assert "ports" not in seen["resources"] and "--host 127.0.0.1" in seen["run"]
+    # Before yielding, the launcher waited for vLLM, through the tunnel, with the key from
+    # WIKIGPT_TEACHER_API_KEY.
     assert seen["polls_before_yield"] == [("/v1/models", "Bearer k-123")]
-    assert seen["secrets"]["VLLM_API_KEY"] == "k-123"           # a secret ...
-    assert "k-123" not in seen["envs"].values()                 # ... never an env
+    # Only the secrets a serving box needs: the key (a secret, never an env), no HF write
+    # token, no W&B key.
+    assert seen["secrets"] == {"VLLM_API_KEY": "k-123", "HF_READ_TOKEN": ""}
+    assert "k-123" not in seen["envs"].values()
+    assert not {"hf_test_secret_value", "wandb-secret"} & {*seen["envs"].values(), *seen["secrets"].values()}
     # The launched task serves the model sky/teacher.yaml names, the id /v1/models reports.
     assert seen["envs"]["TEACHER_MODEL"] == "Qwen/Qwen2.5-7B-Instruct"
     assert '"$TEACHER_MODEL"' in seen["run"]
@@ -473,7 +539,7 @@ def test_spot_runs_as_a_managed_job_and_outputs_come_back_through_durable_storag
     hub = tmp_path / "hub"
     spot = ComputeLauncher(**{**launcher.model_dump(), "use_spot": True,
                               "hub_repo": f"file://{hub}",
-                              "rsync_ssh": "/bin/false"})  # any rsync attempt would fail
+                              "ssh": "/bin/false"})  # any rsync attempt would fail
     out = tmp_path / "fixture_checkpoint"
     res, _ = _materialize(_fixture_asset(out), spot)
     assert res.success, res.get_step_failure_events()[0].step_failure_data.error.cause.message
@@ -489,3 +555,34 @@ def test_spot_runs_as_a_managed_job_and_outputs_come_back_through_durable_storag
     job = next(iter(fake.jobs.jobs.values()))
     assert job["task"].config["resources"]["use_spot"] is True
     assert job["task"].config["envs"]["WIKIGPT_HUB_PREFIX"] == f"runs/{cluster}"
+
+
+def test_teacher_refusing_the_key_stops_at_the_first_poll(remote, monkeypatch):
+    """A 401 while waiting for the rented teacher is not "not ready yet": the launcher stops at
+    once, names the key variable, and still tears the box down."""
+    import http.server
+    import threading
+
+    fake, launcher = remote
+    shutil.copy(REPO / "sky" / "teacher.yaml", Path(launcher.sky_dir) / "teacher.yaml")
+    polls: list[tuple[str, str | None]] = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_ModelsHandler,), {"polls": polls}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    fake.serve_at = f"127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("WIKIGPT_TEACHER_API_KEY", "k-wrong")  # the server expects k-123
+
+    @dg.asset(name="sft_dataset")
+    def sft_dataset(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+        with launcher.teacher_endpoint(context):
+            raise AssertionError("never yielded: the key was refused")
+
+    try:
+        res, _ = _materialize(sft_dataset, launcher)
+    finally:
+        server.shutdown()
+    assert not res.success
+    message = res.get_step_failure_events()[0].step_failure_data.error.cause.message
+    assert "refused the API key (HTTP 401)" in message and "WIKIGPT_TEACHER_API_KEY" in message
+    assert "k-wrong" not in message
+    assert polls == [("/v1/models", "Bearer k-wrong")]             # one poll, no retry loop
+    assert [c[0] for c in fake.calls][-1] == "down" and fake.clusters == {}

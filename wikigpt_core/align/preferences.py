@@ -6,6 +6,9 @@ Two kinds of pair:
   Pairs the judge cannot separate (tie, or a margin below `min_margin`) are dropped.
 - false_premise: a question that rests on a false premise (from corpus entities); the teacher
   writes a refusal that names the false premise (chosen) and an invented answer (rejected).
+
+A launched stage: the sampling runs on the GPU box under the runtime's autocast (bf16 on CUDA),
+every prompt's samples prefilled together; the judge and teacher are reached over HTTP.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from wikigpt_core.align.false_premise import gallery_prompts, make_false_premise
 from wikigpt_core.align.teacher import FalsePremiseSpec, Teacher
 from wikigpt_core.artifacts import ArtifactWriter, StageResult
 from wikigpt_core.config import PreferenceConfig, TeacherConfig
-from wikigpt_core.generation import Reply, generate_replies, pick_device
+from wikigpt_core.eval.generation import Reply, autocast_label, generate_replies, inference_runtime
 from wikigpt_core.llm.budget import FailureBudget, request_cap
 from wikigpt_core.llm.client import Failure, make_client
 from wikigpt_core.llm.judge import Judge, PairCase, PairOutcome, judge_debiased
@@ -102,14 +105,24 @@ def _entities(sft_dataset_dir: Path, rows: list[dict[str, Any]]) -> dict[str, st
     return {k: v.strip() for k, v in ents.items()}
 
 
+def sample_replies(model, tok, prompts_rows: list[dict[str, Any]],
+                   cfg: PreferenceConfig) -> list[list[Reply]]:
+    """Each training prompt answered `samples_per_prompt` times (at least 2), seeded per sample."""
+    convs = [r["messages"][:1] for r in prompts_rows]
+    return generate_replies(model, tok, convs, max_new_tokens=cfg.max_new_tokens,
+                            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                            samples=max(2, cfg.samples_per_prompt))
+
+
 def min_pairs(cfg: PreferenceConfig) -> int:
     return max(1, cfg.n_prompts // 10) if cfg.min_pairs is None else cfg.min_pairs
 
 
 def run_preferences(cfg: PreferenceConfig, teacher_cfg: TeacherConfig, sft_checkpoint_dir: Path,
                     sft_dataset_dir: Path, tokenizer_dir: Path, out: Path, cache_dir: Path, *,
-                    base_url: str | None = None) -> StageResult:
-    """Build the pairs; `base_url` overrides `teacher_cfg.base_url` (a launched endpoint).
+                    base_url: str | None = None, precision: str = "auto") -> StageResult:
+    """Build the pairs; `base_url` overrides `teacher_cfg.base_url` (a launched endpoint);
+    `precision` is the sampling's autocast (`inference_runtime`): "auto" is bf16 on a GPU.
     Raises TeacherBudgetError, publishing nothing, when judge or teacher replies fail too
     often, the request cap is spent, or fewer than the minimum pairs result."""
     from wikigpt_core.model_io import load_model
@@ -130,13 +143,12 @@ def run_preferences(cfg: PreferenceConfig, teacher_cfg: TeacherConfig, sft_check
     budget = FailureBudget("preference_dataset", teacher_cfg, client, asked=cfg.n_prompts, unit="pairs")
     judge, teacher = Judge(client, budget), Teacher(client)
     tok = WikiTokenizer.load(tokenizer_dir)
-    model = load_model(sft_checkpoint_dir, device=pick_device())
+    rt = inference_runtime(precision)
+    model = load_model(sft_checkpoint_dir, device=rt.device)
 
     t0 = time.perf_counter()
-    convs = [r["messages"][:1] for r in prompts_rows]
-    samples = generate_replies(model, tok, convs, max_new_tokens=cfg.max_new_tokens,
-                               temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                               samples=max(2, cfg.samples_per_prompt))
+    with rt.autocast():
+        samples = sample_replies(model, tok, prompts_rows, cfg)
     gen_seconds = time.perf_counter() - t0
 
     pairs: list[dict[str, Any]] = []
@@ -185,7 +197,8 @@ def run_preferences(cfg: PreferenceConfig, teacher_cfg: TeacherConfig, sft_check
             "prompts_sampled": len(prompts_rows),
             "dropped_tie": drops["tie"], "dropped_identical": drops["identical"],
             "dropped_false_premise_failed": drops["false_premise_failed"],
-            "generation_seconds": round(gen_seconds, 3),
+            "generation_seconds": round(gen_seconds, 3), "generation_device": rt.device.type,
+            "generation_autocast": autocast_label(rt),
             "sampled_stopped_rate": round(sum(x.stopped for s in samples for x in s) / max(1, sum(map(len, samples))), 4),
             "teacher_backend": teacher_cfg.backend, "teacher_model": client.model,
             **client.usage.as_stats(), **budget.stats(),

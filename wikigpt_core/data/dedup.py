@@ -92,7 +92,7 @@ def run_dedup(cfg: DedupConfig, cleaned_dir: Path, out: Path) -> StageResult:
     inputs = {"cleaned_articles": _version(Path(cleaned_dir))}
     with ArtifactWriter(out, stage="dedup", config=dataclasses.asdict(cfg), inputs=inputs) as w, \
             tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".dedup-") as tmp:
-        args = [(str(src), g, lo, hi, max(1, cfg.batch_docs), tmp, cfg.shingle_size, cfg.num_perm, cfg.seed, bands, rows)
+        args = [(str(src), g, lo, hi, cfg.batch_docs, tmp, cfg.shingle_size, cfg.num_perm, cfg.seed, bands, rows)
                 for g, lo, hi in slices]
         for _ in bounded_map(hash_slice, args, workers):
             pass
@@ -140,9 +140,8 @@ def _slices(src: Path, batch_docs: int) -> list[tuple[int, int, int]]:
     """(row group, lo, hi) tasks of at most batch_docs rows: parallelism does not depend on
     how large the input's row groups are."""
     meta = pq.ParquetFile(src).metadata
-    step = max(1, batch_docs)
-    return [(g, lo, min(lo + step, meta.row_group(g).num_rows))
-            for g in range(meta.num_row_groups) for lo in range(0, meta.row_group(g).num_rows, step)]
+    return [(g, lo, min(lo + batch_docs, meta.row_group(g).num_rows))
+            for g in range(meta.num_row_groups) for lo in range(0, meta.row_group(g).num_rows, batch_docs)]
 
 
 def _load_hash_pass(tmp: Path, slices: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray, list[Path]]:

@@ -22,6 +22,8 @@ import dataclasses
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ from wikigpt_core.data.download import download, fetch_text, parse_sha1sums
 from wikigpt_core.data.errors import (
     CorruptDumpError,
     DownloadError,
+    DumpError,
     EmptyDumpError,
     MissingIndexError,
     TruncatedDumpError,
@@ -62,32 +65,25 @@ def run_dump(cfg: DumpConfig, out: Path, work: Path, *, identity: str = "") -> S
     source = cfg.source.strip()
     with ArtifactWriter(out, stage="dump", config=dataclasses.asdict(cfg)) as w:
         name = parse_dump_name(source)
-        if source == "sample":
-            xml, index, date, extra = _place_local(sample_path(), w.dir), None, None, {}
-        elif name is not None:
+        if name is not None:
             wiki, date = name
             extra = {}
             if date == dumpsite.LATEST:
                 date = identity_date(identity, wiki) or dumpsite.resolve_latest(cfg.base_url, wiki).date
                 extra = {"resolved_from": source}
-            xml, index, date, fetched = _fetch_named(cfg.base_url, wiki, date, Path(work), w.dir)
+            xml, index, fetched = _fetch_named(cfg.base_url, wiki, date, Path(work))
             extra |= fetched
+            # Checked where it was downloaded, so an error names a file that is still there.
+            pages, newest = _check(xml, index)
+            xml, index = _move_into(xml, w.dir), _move_into(index, w.dir)
         else:
-            src = Path(source).expanduser()
-            if not src.exists():
-                raise FileNotFoundError(
-                    f"dump source {source!r} is neither `sample`, a dump name like enwiki/20261101, "
-                    "nor an existing file; fix DumpConfig.source / WIKIGPT_DUMP")
-            index_src = index_for(src)
-            if is_multistream_name(src) and not index_src.exists():
-                raise MissingIndexError(src, index_src.name)
+            src, index_src = _local_source(source)
+            # The user's own file is checked, not the copy: an error names their file.
+            with _about_local_file():
+                pages, newest = _check(src, index_src)
             xml = _place_local(src, w.dir)
-            index = _place_local(index_src, w.dir) if index_src.exists() else None
+            index = _place_local(index_src, w.dir) if index_src is not None else None
             date, extra = None, {}
-        if index is not None:
-            pages, newest = _check_multistream(xml, index), None
-        else:
-            pages, newest = _scan(xml)
         m = _DATE_IN_NAME.search(xml.name)
         site = read_siteinfo(xml)
         w.stats.update({
@@ -165,27 +161,63 @@ def _sums_url(base_url: str, wiki: str, date: str) -> str:
     return f"{base_url.rstrip('/')}/{wiki}/{date}/{wiki}-{date}-sha1sums.txt"
 
 
-def _fetch_named(base_url: str, wiki: str, date: str, work: Path, dest_dir: Path):
+def _fetch_named(base_url: str, wiki: str, date: str, work: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """Download the dump's multistream file and index into `work`, each verified against the
+    published SHA-1; returns their paths and the download figures."""
     xml_name, index_name = multistream_names(wiki, date)
     sums = parse_sha1sums(fetch_text(_sums_url(base_url, wiki, date)))
-    placed: list[Path] = []
+    fetched: list[Path] = []
     extra: dict[str, Any] = {}
     for fname in (xml_name, index_name):
         if fname not in sums:
             raise DownloadError(_sums_url(base_url, wiki, date), f"no published SHA-1 for {fname}",
                                 "The dump may still be in progress; pick a finished dump date.")
-        url = f"{base_url.rstrip('/')}/{wiki}/{date}/{fname}"
-        info = download(url, work / fname, sums[fname])
+        info = download(f"{base_url.rstrip('/')}/{wiki}/{date}/{fname}", work / fname, sums[fname])
         if fname == xml_name:
             extra = {"download_attempts": info["attempts"], "resumed_from_byte": info["resumed_from"]}
-        dest = dest_dir / fname
-        try:
-            os.replace(work / fname, dest)  # same filesystem: a rename, no copy of 22 GB
-        except OSError:
-            shutil.copyfile(work / fname, dest)
-            (work / fname).unlink()
-        placed.append(dest)
-    return placed[0], placed[1], date, extra
+        fetched.append(work / fname)
+    return fetched[0], fetched[1], extra
+
+
+def _move_into(src: Path, dest_dir: Path) -> Path:
+    dest = dest_dir / src.name
+    try:
+        os.replace(src, dest)  # same filesystem: a rename, no copy of 22 GB
+    except OSError:
+        shutil.copyfile(src, dest)
+        src.unlink()
+    return dest
+
+
+def _local_source(source: str) -> tuple[Path, Path | None]:
+    """The user's dump file (`sample`: the one in the gensim wheel) and its multistream index."""
+    if source == "sample":
+        return sample_path(), None
+    src = Path(source).expanduser()
+    if not src.exists():
+        raise FileNotFoundError(
+            f"dump source {source!r} is neither `sample`, a dump name like enwiki/20261101, "
+            "nor an existing file; fix DumpConfig.source / WIKIGPT_DUMP")
+    index_src = index_for(src)
+    if is_multistream_name(src) and not index_src.exists():
+        raise MissingIndexError(src, index_src.name)
+    return src, index_src if index_src.exists() else None
+
+
+@contextmanager
+def _about_local_file() -> Iterator[None]:
+    """A damaged local file is replaced by its owner, not fetched again by the pipeline."""
+    try:
+        yield
+    except DumpError as e:
+        raise e.about_local_file(e.path) from None
+
+
+def _check(xml: Path, index: Path | None) -> tuple[int, str | None]:
+    """Pages, and the newest revision date where the whole file is scanned."""
+    if index is not None:
+        return _check_multistream(xml, index), None
+    return _scan(xml)
 
 
 def _check_multistream(xml: Path, index: Path) -> int:

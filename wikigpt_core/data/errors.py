@@ -10,46 +10,57 @@ class DumpError(ValueError):
     def __init__(self, path: str | Path, problem: str, hint: str = "") -> None:
         self.path = str(path)
         self.problem = problem
-        msg = f"{self.path}: {problem}"
-        if hint:
-            msg += f". {hint}"
-        super().__init__(msg)
+        self.hint = hint
+        super().__init__(_message(self.path, problem, hint))
 
     def __reduce__(self):
         # Subclasses take different __init__ arguments; rebuild from the finished message so
         # an error raised in a worker process crosses back to the parent intact.
-        return (_restore, (type(self), self.path, self.problem, self.args))
+        return (_restore, (type(self), self.path, self.problem, self.args, self.hint))
+
+    def about_local_file(self, path: str | Path) -> DumpError:
+        """The same error, naming the user's own file `path` (not the copy that was read), and
+        telling them to replace it, where a downloaded file would be fetched again."""
+        hint = LOCAL_FILE_HINT if self.hint == REFETCH_HINT else self.hint
+        return _restore(type(self), str(path), self.problem, (_message(str(path), self.problem, hint),), hint)
 
 
-def _restore(cls: type, path: str, problem: str, args: tuple) -> DumpError:
+def _message(path: str, problem: str, hint: str) -> str:
+    return f"{path}: {problem}" + (f". {hint}" if hint else "")
+
+
+def _restore(cls: type, path: str, problem: str, args: tuple, hint: str = "") -> DumpError:
     err = cls.__new__(cls)
     Exception.__init__(err, *args)
-    err.path, err.problem = path, problem
+    err.path, err.problem, err.hint = path, problem, hint
     return err
 
 
-_REFETCH = "Delete it and fetch the dump again (materialize `wiki_dump`)."
+REFETCH_HINT = "Delete it and fetch the dump again (materialize `wiki_dump`)."
+"""For a file the pipeline downloaded."""
+LOCAL_FILE_HINT = "The file itself is damaged: copy or download it again, then rerun `wiki_dump`."
+"""For the user's own file (a local WIKIGPT_DUMP path)."""
 
 
 class TruncatedDumpError(DumpError):
     """The bz2 data ends before its end-of-stream marker (an interrupted copy or download)."""
 
     def __init__(self, path: str | Path, detail: str = "") -> None:
-        super().__init__(path, f"truncated bz2: the compressed data ends early{detail}", _REFETCH)
+        super().__init__(path, f"truncated bz2: the compressed data ends early{detail}", REFETCH_HINT)
 
 
 class CorruptDumpError(DumpError):
     """The bytes are not valid bz2 data."""
 
     def __init__(self, path: str | Path, detail: str = "") -> None:
-        super().__init__(path, f"corrupt bz2 data{detail}", _REFETCH)
+        super().__init__(path, f"corrupt bz2 data{detail}", REFETCH_HINT)
 
 
 class CorruptXMLError(DumpError):
     """The decompressed text is not well-formed XML."""
 
     def __init__(self, path: str | Path, detail: str) -> None:
-        super().__init__(path, f"corrupt XML ({detail})", _REFETCH)
+        super().__init__(path, f"corrupt XML ({detail})", REFETCH_HINT)
 
 
 class EmptyDumpError(DumpError):
@@ -126,11 +137,11 @@ class DownloadError(DumpError):
         self.transient = transient
 
     def __reduce__(self):
-        return (_restore_download, (type(self), self.path, self.problem, self.args, self.transient))
+        return (_restore_download, (type(self), self.path, self.problem, self.args, self.transient, self.hint))
 
 
-def _restore_download(cls, path, problem, args, transient):
-    err = _restore(cls, path, problem, args)
+def _restore_download(cls, path, problem, args, transient, hint=""):
+    err = _restore(cls, path, problem, args, hint)
     err.transient = transient
     return err
 

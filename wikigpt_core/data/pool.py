@@ -11,7 +11,9 @@ from typing import Any
 
 def resolve_workers(workers: int) -> int:
     """0 means one per CPU core available to this process."""
-    if workers and workers > 0:
+    if workers < 0:
+        raise ValueError(f"workers = {workers}: use 0 (one per CPU core) or a positive count")
+    if workers:
         return workers
     try:
         return max(1, len(os.sched_getaffinity(0)))

@@ -11,6 +11,7 @@ written, and a non-blocking asset check warns.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import tempfile
@@ -104,9 +105,10 @@ def _metrics(task_result: dict[str, Any]) -> dict[str, float]:
 
 def run_lm_eval(checkpoints: dict[str, Path], tokenizer_dir: Path, tasks: list[str], *,
                 limit: int | None = None, include_path: str | Path | None = None,
-                batch_size: int = 16, device: str = "cpu") -> LmEvalOutcome:
+                batch_size: int = 16, device: str = "cpu", autocast_dtype=None) -> LmEvalOutcome:
     """Every task on every checkpoint, zero-shot. Task datasets are loaded once, before any
-    model: when that fails (no Hub, or lm-eval missing) the outcome is "unavailable"."""
+    model: when that fails (no Hub, or lm-eval missing) the outcome is "unavailable".
+    `autocast_dtype` (e.g. torch.bfloat16): float32 weights, forwards under autocast."""
     try:
         import lm_eval
         from lm_eval.evaluator import evaluate
@@ -128,12 +130,21 @@ def run_lm_eval(checkpoints: dict[str, Path], tokenizer_dir: Path, tasks: list[s
     with tempfile.TemporaryDirectory(prefix="wikigpt-lm-eval-") as tmp:
         for name, ckpt in checkpoints.items():
             hf_dir = export_hf(ckpt, tokenizer_dir, Path(tmp) / name)
-            lm = HFLM(pretrained=str(hf_dir), device=device, batch_size=batch_size, dtype="float32")
+            lm = HFLM(pretrained=str(hf_dir), device=device, batch_size=batch_size, dtype="float32",
+                      **_autocast_args(HFLM, autocast_dtype))
             out = evaluate(lm, task_dict, limit=limit, bootstrap_iters=0, log_samples=False,
                            verbosity="WARNING")
             results[name] = {t: _metrics(out["results"][t]) for t in tasks if t in out["results"]}
             del lm
     return LmEvalOutcome("ok", tasks=list(tasks), results=results, limit=limit, lm_eval_version=version)
+
+
+def _autocast_args(hflm_class, dtype) -> dict[str, Any]:
+    """HFLM's autocast argument: lm-eval 0.4.9 and later take `mixed_precision_dtype`; an older
+    one has no such argument and evaluates in float32."""
+    if dtype is None or "mixed_precision_dtype" not in inspect.signature(hflm_class.__init__).parameters:
+        return {}
+    return {"mixed_precision_dtype": dtype}
 
 
 def lm_eval_rows(outcome: LmEvalOutcome) -> list[dict[str, Any]]:

@@ -26,7 +26,8 @@ __all__ = ["BatchDecoder", "SamplingParams", "Sequence", "STOP_IDS", "TokenLogpr
 
 def generate_ids(model, prompts: list[list[int]], params: list[SamplingParams], *, tok=None,
                  max_batch: int = 8) -> list[Sequence]:
-    """Continue each prompt with its params (batched); returns the finished sequences."""
+    """Continue each prompt with its params (batched); returns the finished sequences. A batch
+    job: prompts that join together are prefilled together (`BatchDecoder(prefill_together)`)."""
     seqs = [Sequence(list(p), prm, tok) for p, prm in zip(prompts, params, strict=True)]
     # Decode with the plain module: a torch.compile wrapper would recompile for every new
     # sequence length, a DDP wrapper would try to synchronise. Both keep it as an attribute.
@@ -36,7 +37,7 @@ def generate_ids(model, prompts: list[list[int]], params: list[SamplingParams], 
     model.eval()
     try:
         with decode_threads(model):
-            return BatchDecoder(model, max_batch=max_batch).run(seqs)
+            return BatchDecoder(model, max_batch=max_batch, prefill_together=True).run(seqs)
     finally:
         model.train(training)
 

@@ -2,9 +2,13 @@
 
 Each `step()` runs one batched forward that feeds every active sequence its last token (one
 new token per sequence), then lets waiting sequences join free rows, each prefilled alone
-(exactly the batch-1 computation) straight into its row of the shared cache. A sequence that
-finishes (stop token, stop string, token budget, full context, or cancelled) leaves at once and
-the rows are compacted, so the next step only computes live sequences. Every sequence samples
+(exactly the batch-1 computation) straight into its row of the shared cache; batch jobs
+(`prefill_together`) prefill the joiners together instead, right-padded, in one forward. A sequence that
+finishes (stop token, stop string, token budget, full context, cancelled, or an error of its
+own) leaves at once and the rows are compacted, so the next step only computes live sequences.
+An exception while prefilling or sampling one sequence fails that sequence alone ("error",
+with the message in `Sequence.error`); only a failure of the shared batched forward concerns
+them all, and `step()` raises it. Every sequence samples
 from its own generator, so its tokens do not depend on the company it decodes in. On CPU in
 fp32 the forwards run the model with its linear weights packed once for oneDNN (`packed.py`),
 which is what makes 8 rows cost little more than one.
@@ -12,6 +16,7 @@ which is what makes 8 rows cost little more than one.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,11 +25,16 @@ import torch
 
 from wikigpt_core.generation.packed import DecodeView
 from wikigpt_core.generation.prompts import stop_ids as default_stop_ids
-from wikigpt_core.generation.sampling import TokenLogprob, nucleus_probs, token_logprobs
+from wikigpt_core.generation.sampling import TokenLogprob, is_greedy, nucleus_probs, token_logprobs
 from wikigpt_core.generation.text import StopText
 from wikigpt_core.tokenizer import WikiTokenizer
 
 MAX_TOP_LOGPROBS = 20
+PREFILL_TOKENS = 8192
+"""Padded prompt tokens per batched prefill forward: its (rows, longest prompt, vocab) logits
+are that forward's peak memory (512 MiB in bf16 at a 32,768-token vocabulary)."""
+MAX_SEED = 2**63
+"""Seeds are 0 <= seed < 2**63: what a torch generator takes, and a signed 64-bit integer."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,9 @@ class Sequence:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
     finish_reason: str | None = None
-    """"stop", "length" or "cancelled" once finished."""
+    """"stop", "length", "cancelled" or "error" once finished."""
+    error: str | None = None
+    """Why this sequence failed (finish_reason "error")."""
 
     def __post_init__(self) -> None:
         self._text = StopText(self.tok, self.params.stop) if self.tok is not None else None
@@ -84,6 +96,10 @@ class Sequence:
     def cancel(self) -> None:
         if self.finish_reason is None:
             self.finish_reason = "cancelled"
+
+    def fail(self, error: str) -> None:
+        if self.finish_reason is None:
+            self.finish_reason, self.error = "error", error
 
     def _accept(self, token: int, logprob: TokenLogprob | None, stops: frozenset[int], block: int) -> None:
         self.tokens.append(token)
@@ -109,13 +125,17 @@ class BatchDecoder:
     """Owns a model's decoding; not thread-safe (one thread calls add/step)."""
 
     def __init__(self, model, *, max_batch: int = 8, stop_ids: frozenset[int] | None = None,
-                 prepack: bool = True) -> None:
+                 prepack: bool = True, prefill_together: bool = False) -> None:
         """`prepack`: on CPU in fp32, run the linears through weights packed once for oneDNN
-        (`generation/packed.py`: ~2.5x faster matmuls at 8 rows, an extra copy of the weights)."""
+        (`generation/packed.py`: ~2.5x faster matmuls at 8 rows, an extra copy of the weights).
+        `prefill_together`: sequences that join in the same step are prefilled in one padded
+        forward (what batch jobs want on a GPU) rather than one by one; their logits then match
+        the batch-1 computation to rounding, not bit for bit, so a server leaves it off."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.model = model  # the caller puts it in eval mode
         self.max_batch = max_batch
+        self.prefill_together = prefill_together
         self._net = DecodeView(model, rows_hint=max_batch) if prepack else (lambda: model)
         self.block = int(model.config.block_size)
         self.stop_ids = default_stop_ids() if stop_ids is None else frozenset(stop_ids)
@@ -136,6 +156,8 @@ class BatchDecoder:
             raise ValueError(f"the prompt has {len(seq.prompt)} tokens; the context holds {self.block}")
         if not 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS:
             raise ValueError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+        if p.seed is not None and not 0 <= p.seed < MAX_SEED:
+            raise ValueError(f"seed {p.seed} is out of range; use 0 <= seed < 2**63")
         if p.seed is not None:
             seq.generator = torch.Generator(device=self.device).manual_seed(int(p.seed))
         self.waiting.append(seq)
@@ -155,11 +177,16 @@ class BatchDecoder:
             self._choose(self.active, logits[:, -1])
             touched += self.active
             self._leave()
+        if self.prefill_together:
+            touched += self._join_waiting_together()
         while self.waiting and len(self.active) < self.max_batch:
             seq = self.waiting.popleft()
             touched.append(seq)
             if seq.finish_reason is None:  # not cancelled while it waited
-                self._join(seq)
+                try:
+                    self._join(seq)
+                except Exception as e:  # this prompt alone: its row is reused by the next join
+                    seq.fail(f"prefill failed: {type(e).__name__}: {e}")
         self._leave()
         return touched
 
@@ -175,7 +202,54 @@ class BatchDecoder:
             self.add(s)
         while self.busy:
             self.step()
+        failed = next((s for s in seqs if s.error), None)
+        if failed is not None:  # a batch job has no one to hand a failed sequence to
+            raise RuntimeError(f"generation failed: {failed.error}")
         return seqs
+
+    def _join_waiting_together(self) -> list[Sequence]:
+        """Prefill the waiting sequences that fit in the free rows together, in groups of at
+        most PREFILL_TOKENS padded tokens; returns those taken. What cannot go together (a group
+        of one, prompt scoring, a group whose forward failed) goes back to the head of the queue
+        for the one-by-one path, which isolates a failing prompt."""
+        free = self.max_batch - len(self.active)
+        taken = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+        live = [s for s in taken if s.finish_reason is None]  # not cancelled while it waited
+        alone = [s for s in live if s.params.prompt_logprobs]  # scoring reads every position alone
+        for group in prefill_groups([s for s in live if not s.params.prompt_logprobs], PREFILL_TOKENS):
+            if len(group) == 1 or not self._join_together(group):
+                alone += group
+        self.waiting.extendleft(reversed(alone))
+        return [s for s in taken if not any(s is a for a in alone)]
+
+    def _join_together(self, seqs: list[Sequence]) -> bool:
+        """Prefill several prompts in one forward, each into its own new row; False (nothing
+        joined) if that forward fails. Prompts are right-padded: padding sits after every real
+        token, so no real token attends to it; the row's length is set to its prompt's, and
+        decoding overwrites the padding."""
+        if self._cache is None:
+            self._cache = self.model.new_ragged_cache(self.max_batch)
+        first, n = len(self.active), len(seqs)
+        lengths = torch.tensor([len(s.prompt) for s in seqs], device=self.device)
+        ids = torch.zeros((n, int(lengths.max())), dtype=torch.long, device=self.device)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s.prompt)] = torch.tensor(s.prompt, device=self.device)
+        rows = rows_view(self._cache, first, n)
+        rows.lengths.zero_()  # freed rows keep their last length; new rows start empty
+        try:
+            logits, _ = self._net()(ids, cache=rows, all_logits=True)  # (n, longest, V)
+        except Exception:  # noqa: BLE001 - the one-by-one path finds and fails the culprit alone
+            return False
+        self._cache.lengths[first:first + n] = lengths
+        self.active.extend(seqs)
+        for s in seqs:
+            if s.params.max_new_tokens == 0:
+                s._finish("length")
+        going = [i for i, s in enumerate(seqs) if s.params.max_new_tokens > 0]
+        if going:
+            last = logits[torch.arange(n, device=self.device), lengths - 1]  # (n, V)
+            self._choose([seqs[i] for i in going], last[going])
+        return True
 
     def _join(self, seq: Sequence) -> None:
         if self._cache is None:
@@ -197,9 +271,12 @@ class BatchDecoder:
         """Pick each sequence's next token from its row of logits (n, V)."""
         chosen = logits.float().argmax(dim=-1)
         for i, s in enumerate(seqs):
-            if s.params.temperature > 0:
-                probs = nucleus_probs(logits[i:i + 1], s.params.temperature, s.params.top_p)
-                chosen[i] = torch.multinomial(probs, 1, generator=s.generator)[0, 0]
+            if not is_greedy(s.params.temperature):
+                try:
+                    probs = nucleus_probs(logits[i:i + 1], s.params.temperature, s.params.top_p)
+                    chosen[i] = torch.multinomial(probs, 1, generator=s.generator)[0, 0]
+                except Exception as e:  # e.g. NaN logits: this sequence fails, its batch goes on
+                    s.fail(f"sampling failed: {type(e).__name__}: {e}")
         want = [i for i, s in enumerate(seqs) if s.params.logprobs]
         lps: dict[int, TokenLogprob] = {}
         if want:
@@ -209,7 +286,11 @@ class BatchDecoder:
                 lp.top = lp.top[:seqs[i].params.top_logprobs]
                 lps[i] = lp
         for i, (s, t) in enumerate(zip(seqs, chosen.tolist())):
-            s._accept(t, lps.get(i), self.stop_ids, self.block)
+            if s.finish_reason is None:
+                try:
+                    s._accept(t, lps.get(i), self.stop_ids, self.block)
+                except Exception as e:  # e.g. its stop-string or text decoding
+                    s.fail(f"decoding failed: {type(e).__name__}: {e}")
 
     def _leave(self) -> None:
         """Drop finished sequences and compact the rest into rows 0..n-1, order kept."""
@@ -222,6 +303,33 @@ class BatchDecoder:
             if src != dst:  # src > dst, and row dst is free or already moved down
                 self._cache.move_row(src, dst)
         self.active = keep
+
+
+def prefill_groups(seqs: list[Sequence], budget: int) -> list[list[Sequence]]:
+    """`seqs` in order, cut into groups whose padded size (rows x longest prompt) stays within
+    `budget` tokens; a prompt longer than the budget forms a group of its own."""
+    groups: list[list[Sequence]] = []
+    longest = 0
+    for s in seqs:
+        grown = max(longest, len(s.prompt))
+        if groups and grown * (len(groups[-1]) + 1) <= budget:
+            groups[-1].append(s)
+            longest = grown
+        else:
+            groups.append([s])
+            longest = len(s.prompt)
+    return groups
+
+
+def rows_view(cache, first: int, n: int):
+    """Rows [first, first + n) of a ragged KV cache as a ragged cache of their own. Its buffers
+    and lengths are views, so what a forward writes through it lands in `cache`."""
+    view = copy.copy(cache)
+    view.k = [k[first:first + n] for k in cache.k]
+    view.v = [v[first:first + n] for v in cache.v]
+    view.lengths = cache.lengths[first:first + n]
+    view.rows = n
+    return view
 
 
 @contextlib.contextmanager

@@ -4,7 +4,8 @@
 the teacher of `sky/teacher.yaml`, llama.cpp's server, OpenAI) over httpx. `OfflineBackend` is
 the deterministic rule system of `offline.py`: no network and no model. Both receive the same
 requests. The API key comes from the environment only and is never logged or written (the cache
-key covers the request body, not the headers).
+key covers the request body, not the headers). Error messages name the HTTP status and what to
+check, never the response body: a server may echo the request's headers or key back in it.
 """
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from typing import Any
 import httpx
 
 from wikigpt_core.llm import offline, prompts
-from wikigpt_core.llm.client import Completion, RetryableError, TeacherError
+from wikigpt_core.llm.client import Completion, RetryableError, TeacherAuthError, TeacherError
+
+KEY_FALLBACK_ENV = "OPENAI_API_KEY"
+"""Read when the configured key variable is unset (the OpenAI client's own variable)."""
+AUTH_REFUSED = (401, 403)
 
 
 class OfflineBackend:
@@ -39,7 +44,8 @@ class OpenAIBackend:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.backend_id = f"openai:{self.base_url}:{model}"
-        key = os.environ.get(api_key_env) or os.environ.get("OPENAI_API_KEY")
+        self.api_key_env = api_key_env
+        key = os.environ.get(api_key_env) or os.environ.get(KEY_FALLBACK_ENV)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.Client(timeout=timeout_s, headers=headers, limits=limits)
@@ -50,19 +56,25 @@ class OpenAIBackend:
             r = self._http.post(url, json=body)
         except (httpx.TimeoutException, httpx.TransportError) as e:
             raise RetryableError(f"{url}: {type(e).__name__}") from None
+        if r.status_code in AUTH_REFUSED:
+            raise TeacherAuthError(
+                f"{url} refused the API key (HTTP {r.status_code}); set {self.api_key_env} (or "
+                f"{KEY_FALLBACK_ENV}) to the key the endpoint expects (for a rented teacher, the "
+                "VLLM_API_KEY it was started with). No further request was sent.")
         if r.status_code == 429 or r.status_code >= 500:
-            raise RetryableError(f"{url} answered HTTP {r.status_code}: {r.text[:200]!r}{_format_hint(body, r.text)}")
+            raise RetryableError(f"{url} answered HTTP {r.status_code}{_format_hint(body, r.text)}")
         if r.status_code != 200:
-            # Any other 4xx is deterministic (bad model name, bad key, a prompt too long for the
+            # Any other 4xx is deterministic (bad model name, a prompt too long for the
             # context): sending it again would fail the same way and cost the same.
             raise TeacherError(
-                f"{url} answered HTTP {r.status_code}: {r.text[:200]!r}; check teacher.base_url, "
-                f"teacher.model ({self.model!r}) and the API key env var{_format_hint(body, r.text)}")
+                f"{url} answered HTTP {r.status_code}; check teacher.base_url and teacher.model "
+                f"({self.model!r}){_format_hint(body, r.text)}")
         try:
             data = r.json()
             text = data["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
-            raise RetryableError(f"{url} sent a malformed completion: {r.text[:120]!r}") from None
+            raise RetryableError(f"{url} sent a malformed completion ({len(r.content)} bytes, "
+                                 "not an OpenAI chat completion)") from None
         usage = data.get("usage") or {}
         return Completion(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
 

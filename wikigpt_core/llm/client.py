@@ -5,8 +5,10 @@
     backend      OfflineBackend | OpenAIBackend (`backends.py`): one chat completion per call
 
 Only transient failures (`RetryableError`: network errors, timeouts, HTTP 429 and 5xx) are
-retried, with exponential backoff; any other error fails that request at once. A request whose
-reply is in the cache is never sent again and costs nothing.
+retried, with exponential backoff; any other error fails that request at once. A refused key
+(`TeacherAuthError`: HTTP 401/403) fails the whole batch at once: no request is sent after it,
+and the first request a client sends goes alone, so a wrong key costs one request, not a batch.
+A request whose reply is in the cache is never sent again and costs nothing.
 """
 from __future__ import annotations
 
@@ -29,6 +31,13 @@ class TeacherError(RuntimeError):
 
 class RetryableError(TeacherError):
     """A transient failure (5xx, 429, timeout, connection): worth another try."""
+
+
+class TeacherAuthError(TeacherError):
+    """The endpoint refused the API key (HTTP 401/403): every further request would be refused
+    too, so the stage stops at once and no retry can help."""
+
+    transient = False
 
 
 class RequestCapReached(TeacherError):
@@ -111,6 +120,10 @@ class ChatClient:
         self.usage = TeacherUsage()
         self.last_error = ""
         self._lock = threading.Lock()
+        self._sent_one = False
+        """Whether a request has reached the backend: until then requests go one at a time."""
+        self._refused: TeacherAuthError | None = None
+        """The endpoint refused the key: nothing more is sent."""
 
     @property
     def cap_reached(self) -> bool:
@@ -134,18 +147,29 @@ class ChatClient:
     def complete_many(self, contents: list[str], seeds: list[int] | None = None,
                       kinds: list[str] | None = None) -> list[Completion | TeacherError]:
         """One result per prompt, in order: a Completion, or the TeacherError it ended with.
-        `kinds` names each request's kind (see `prompts.REPLY_FIELDS`) for schema decoding."""
+        `kinds` names each request's kind (see `prompts.REPLY_FIELDS`) for schema decoding.
+        Raises TeacherAuthError when the endpoint refused the key."""
         t0 = time.perf_counter()
         seeds = seeds or [0] * len(contents)
         kinds = kinds or [""] * len(contents)
         bodies = [self.body(c, s, k) for c, s, k in zip(contents, seeds, kinds)]
         # Identical requests in one batch are sent once and share the reply.
         keys = [request_key(self.backend.backend_id, b) for b in bodies]
-        unique = dict(zip(keys, bodies))
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            done = dict(zip(unique, pool.map(self._one, unique.keys(), unique.values())))
+        todo = list(dict(zip(keys, bodies)).items())
+        done: dict[str, Completion | TeacherError] = {}
+        # Until one request has reached the endpoint, send one at a time (cache hits pass by):
+        # a wrong key or URL is found by one request, not by `concurrency` of them.
+        while todo and not self._sent_one and self._refused is None:
+            key, body = todo.pop(0)
+            done[key] = self._one(key, body)
+        if todo:
+            todo_keys, todo_bodies = zip(*todo)
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                done.update(zip(todo_keys, pool.map(self._one, todo_keys, todo_bodies)))
         with self._lock:
             self.usage.seconds += time.perf_counter() - t0
+        if self._refused is not None:
+            raise self._refused
         return [done[k] for k in keys]
 
     def _one(self, key: str, body: dict[str, Any]) -> Completion | TeacherError:
@@ -155,12 +179,18 @@ class ChatClient:
             return Completion(hit["text"], hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0))
         for attempt in range(self.max_retries + 1):
             with self._lock:
+                if self._refused is not None:
+                    return self._refused
                 if self.cap_reached:
                     return RequestCapReached(f"request cap of {self.max_requests} reached; not sent")
                 self.usage.requests += 1
                 self.usage.retries += attempt > 0
             try:
-                c = self.backend.complete(body)
+                c = self._send(body)
+            except TeacherAuthError as e:
+                with self._lock:
+                    self._refused = self._refused or e
+                return self._failed(e)
             except RetryableError as e:
                 if attempt == self.max_retries:
                     return self._failed(e)
@@ -176,6 +206,13 @@ class ChatClient:
                 self.cache.put(key, asdict(c))
             return c
         raise AssertionError("unreachable")
+
+    def _send(self, body: dict[str, Any]) -> Completion:
+        """One call to the backend, whatever its outcome marks the endpoint as reached."""
+        try:
+            return self.backend.complete(body)
+        finally:
+            self._sent_one = True
 
     def _failed(self, e: TeacherError) -> TeacherError:
         with self._lock:

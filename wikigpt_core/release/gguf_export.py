@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from wikigpt_core.config import GGUF_TYPES
 from wikigpt_core.release.hf_export import ConversionError, gpt_config_from_llama
 
-TYPES = ("q8_0", "f16", "f32")
+TYPES = GGUF_TYPES
 _BLOCK = {
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight",

@@ -3,10 +3,13 @@
 
 Errors: `/chat` answers 422 for a bad body (its documented contract); the `/v1` endpoints answer 400 with an
 OpenAI-style `error` object, as OpenAI-compatible clients expect. Both carry `detail` and
-`error.message` with the same text.
+`error.message` with the same text. Bodies are bounded in size and read time (`limits.py`).
+A request whose client has left stops generating: streams notice when a write fails, and a
+non-streaming request checks its connection every `DISCONNECT_POLL_S` while it waits.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -17,23 +20,25 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from wikigpt_core.chat import ChatFormatError
 from wikigpt_core.generation import TokenLogprob
 from wikigpt_core.generation.text import token_bytes, token_text
-from wikigpt_core.serve.engine import Delta, Done, Engine, Job, Params, PromptTooLong, QueueFull
+from wikigpt_core.serve.engine import (Delta, Done, Engine, EngineDead, Job, Params, PromptTooLong,
+                                       QueueFull)
+from wikigpt_core.serve.errors import error_response as _error
+from wikigpt_core.serve.limits import BodyLimit, Limits
 from wikigpt_core.serve.schemas import ChatRequest, CompletionRequest, TextCompletionRequest
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 OPEN_PATHS = {"/", "/health"}  # reachable without the bearer token
 DEFAULT_CHAT_TOKENS = 256
+DISCONNECT_POLL_S = 0.25
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    # `detail` for FastAPI-style clients, `error` for OpenAI-style clients; same message.
-    return JSONResponse({"detail": message, "error": {"message": message, "type": kind}},
-                        status_code=status)
+class ClientLeft(Exception):
+    """The client of a non-streaming request disconnected; its generation was cancelled."""
 
 
 def _describe(errors: list[dict[str, Any]]) -> str:
@@ -54,7 +59,7 @@ def _page() -> str:
     return (resources.files("wikigpt_core") / "resources" / "chat.html").read_text(encoding="utf-8")
 
 
-def create_app(engine: Engine, token: str | None = None) -> FastAPI:
+def create_app(engine: Engine, token: str | None = None, limits: Limits = Limits()) -> FastAPI:
     app = FastAPI(title="WikiGPT", docs_url=None, redoc_url=None, openapi_url=None)
     page = _page()
     tok = engine.tok
@@ -64,24 +69,22 @@ def create_app(engine: Engine, token: str | None = None) -> FastAPI:
         status = 400 if request.url.path.startswith("/v1/") else 422
         return _error(status, _describe(list(exc.errors())))
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if token and request.url.path not in OPEN_PATHS:
-            header = request.headers.get("authorization", "")
-            given = header[7:] if header.lower().startswith("bearer ") else ""
-            if not secrets.compare_digest(given.encode(), token.encode()):
-                return _error(401, "missing or wrong bearer token (send Authorization: Bearer <token>)",
-                              "authentication_error")
-        return await call_next(request)
+    @app.exception_handler(ClientLeft)
+    async def _gone(request: Request, exc: ClientLeft) -> Response:
+        return Response(status_code=499)  # nobody reads it; nginx's code for "client closed"
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": engine.name, "block_size": engine.block_size,
-                "auth": bool(token), "queue": engine.stats()}
+    async def health() -> Any:
+        state = {"model": engine.name, "block_size": engine.block_size, "auth": bool(token),
+                 "queue": engine.stats()}
+        if engine.dead:  # a supervisor's health check sees it and restarts the server
+            return JSONResponse({"status": "dead", "reason": f"the generation worker stopped: "
+                                 f"{engine.dead}; restart the server", **state}, status_code=503)
+        return {"status": "ok", **state}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -95,6 +98,8 @@ def create_app(engine: Engine, token: str | None = None) -> FastAPI:
             return _error(bad_status, str(e))
         except QueueFull as e:
             return _error(503, f"server busy: {e}", "server_busy")
+        except EngineDead as e:
+            return _error(503, str(e), "server_error")
 
     @app.post("/chat")
     async def chat(req: ChatRequest) -> Any:
@@ -115,7 +120,7 @@ def create_app(engine: Engine, token: str | None = None) -> FastAPI:
         return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: CompletionRequest) -> Any:
+    async def chat_completions(req: CompletionRequest, request: Request) -> Any:
         try:
             messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         except ValueError as e:
@@ -133,7 +138,7 @@ def create_app(engine: Engine, token: str | None = None) -> FastAPI:
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream(job, _chat_chunks(job, head, lp, usage))
-        texts, dones, logprobs = await _collect(job)
+        texts, dones, logprobs = await _collect(job, request)
         if (failed := _failure(dones)) is not None:
             return failed
         choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
@@ -142,7 +147,7 @@ def create_app(engine: Engine, token: str | None = None) -> FastAPI:
         return {**head, "object": "chat.completion", "choices": choices, "usage": _usage(job, dones)}
 
     @app.post("/v1/completions")
-    async def text_completions(req: TextCompletionRequest) -> Any:
+    async def text_completions(req: TextCompletionRequest, request: Request) -> Any:
         prompts = [p if isinstance(p, list) else tok.encode(p) for p in req.prompts()]
         params = Params(req.max_tokens, req.temperature, req.top_p, req.seed, stop=req.stop_strings(),
                         logprobs=req.logprobs is not None, top_logprobs=req.logprobs or 0,
@@ -162,31 +167,61 @@ def create_app(engine: Engine, token: str | None = None) -> FastAPI:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream(jobs[0], _text_chunks(jobs[0], head, tok, req, usage))
         choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for p, job in enumerate(jobs):
-            texts, dones, logprobs = await _collect(job)
-            if (failed := _failure(dones)) is not None:
-                return failed
-            prefix = tok.decode(job.ids) if req.echo else ""
-            for i in range(job.n):
-                scored = (dones[i].prompt_logprobs if req.echo else []) + logprobs[i]
-                ids = (job.ids if req.echo else []) + dones[i].tokens
-                choices.append({"index": p * job.n + i, "text": prefix + texts[i],
-                                "finish_reason": dones[i].finish_reason,
-                                "logprobs": _text_logprobs(tok, ids, scored, req.echo)
-                                if req.logprobs is not None else None})
-            for k, v in _usage(job, dones).items():
-                usage[k] += v
+        try:
+            for p, job in enumerate(jobs):
+                texts, dones, logprobs = await _collect(job, request)
+                if (failed := _failure(dones)) is not None:
+                    return failed
+                prefix = tok.decode(job.ids) if req.echo else ""
+                for i in range(job.n):
+                    scored = (dones[i].prompt_logprobs if req.echo else []) + logprobs[i]
+                    ids = (job.ids if req.echo else []) + dones[i].tokens
+                    choices.append({"index": p * job.n + i, "text": prefix + texts[i],
+                                    "finish_reason": dones[i].finish_reason,
+                                    "logprobs": _text_logprobs(tok, ids, scored, req.echo)
+                                    if req.logprobs is not None else None})
+                for k, v in _usage(job, dones).items():
+                    usage[k] += v
+        finally:  # the client left or a prompt failed: the other prompts stop too (no-op if done)
+            for j in jobs:
+                j.cancelled.set()
         return {**head, "object": "text_completion", "choices": choices, "usage": usage}
 
+    app.add_middleware(BodyLimit, limits=limits)
+    if token:
+        app.add_middleware(BearerAuth, token=token)  # outermost: strangers are refused unread
     return app
 
 
-async def _events(job: Job) -> AsyncIterator[Delta | Done]:
-    """Deltas and one Done per choice; a client that goes away cancels its generation."""
+class BearerAuth:
+    """ASGI middleware: every path but OPEN_PATHS needs `Authorization: Bearer <token>`.
+    (A pure ASGI class, not `@app.middleware`: that wrapper hides client disconnects.)"""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS and not self._allowed(scope):
+            response = _error(401, "missing or wrong bearer token (send Authorization: Bearer <token>)",
+                              "authentication_error")
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _allowed(self, scope: dict) -> bool:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        given = header[7:] if header[:7].lower() == b"bearer " else b""
+        return secrets.compare_digest(given, self.token)
+
+
+async def _events(job: Job, request: Request | None = None) -> AsyncIterator[Delta | Done]:
+    """Deltas and one Done per choice; a client that goes away cancels its generation. With
+    `request` (non-streaming: nothing is written until the end, so no write can fail), the
+    connection is checked while waiting, and a departed client raises ClientLeft."""
+    watch = _DisconnectWatch(request) if request is not None else None
     try:
         left = job.n
         while left:
-            item = await job.events.get()
+            item = await _next_event(job, watch)
             yield item
             if isinstance(item, Done):
                 left -= 1
@@ -194,11 +229,41 @@ async def _events(job: Job) -> AsyncIterator[Delta | Done]:
         job.cancelled.set()  # no-op once all are done; stops the worker early on a disconnect
 
 
-async def _collect(job: Job) -> tuple[list[str], list[Done], list[list[TokenLogprob]]]:
+class _DisconnectWatch:
+    """Checks a request's connection at most every DISCONNECT_POLL_S (events may arrive far
+    more often: one per token)."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.due = time.monotonic() + DISCONNECT_POLL_S
+
+    def wait_s(self) -> float:
+        return max(0.0, self.due - time.monotonic())
+
+    async def check(self) -> None:
+        if time.monotonic() < self.due:
+            return
+        if await self.request.is_disconnected():
+            raise ClientLeft
+        self.due = time.monotonic() + DISCONNECT_POLL_S
+
+
+async def _next_event(job: Job, watch: _DisconnectWatch | None) -> Delta | Done:
+    if watch is None:
+        return await job.events.get()
+    while True:
+        await watch.check()
+        try:
+            return await asyncio.wait_for(job.events.get(), watch.wait_s())
+        except asyncio.TimeoutError:
+            pass
+
+
+async def _collect(job: Job, request: Request) -> tuple[list[str], list[Done], list[list[TokenLogprob]]]:
     texts: list[list[str]] = [[] for _ in range(job.n)]
     logprobs: list[list[TokenLogprob]] = [[] for _ in range(job.n)]
     dones: list[Done | None] = [None] * job.n
-    async for item in _events(job):
+    async for item in _events(job, request):
         if isinstance(item, Done):
             dones[item.index] = item
         else:

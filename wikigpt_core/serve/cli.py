@@ -13,6 +13,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from wikigpt_core.serve.limits import Limits
+
 TOKEN_ENV = "WIKIGPT_SERVE_TOKEN"
 
 
@@ -37,7 +39,10 @@ def serve_main(argv: list[str] | None = None) -> int:
                    help="sequences that may wait beyond the batch; more get 503 (default 16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--log-level", default="info")
+    _limit_arguments(p)
     args = p.parse_args(argv)
+    limits = Limits(max_body_bytes=args.max_body_bytes, read_timeout_s=args.read_timeout,
+                    max_connections=args.max_connections, max_header_bytes=args.max_header_bytes)
 
     release = args.release or default_release()
     if not (release / "config.json").exists():
@@ -51,6 +56,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from wikigpt_core.serve.app import create_app
+    from wikigpt_core.serve.limits import uvicorn_config
     from wikigpt_core.serve.engine import Engine
 
     if args.threads:
@@ -59,12 +65,36 @@ def serve_main(argv: list[str] | None = None) -> int:
         logging.getLogger("wikigpt.serve").warning(
             "binding %s without --token: anyone who can reach this port can use the model", args.host)
     engine = Engine.from_release(release, max_queue=args.max_queue, max_batch=args.max_batch)
-    app = create_app(engine, token=token)
+    app = create_app(engine, token=token, limits=limits)
     print(f"serving {engine.name} from {release} on http://{args.host}:{args.port} "
           f"(auth {'on' if token else 'off'})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
+    uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, limits=limits,
+                                  log_level=args.log_level.lower())).run()
     engine.close()
     return 0
+
+
+def _limit_arguments(p: argparse.ArgumentParser) -> None:
+    """What one client may cost the server (wikigpt_core/serve/limits.py)."""
+    d = Limits()
+
+    def positive(kind):
+        def parse(text: str):
+            value = kind(text)
+            if value <= 0:
+                raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+            return value
+        return parse
+
+    p.add_argument("--max-body-bytes", type=positive(int), default=d.max_body_bytes,
+                   help=f"larger request bodies get 413 before they are read (default {d.max_body_bytes:,})")
+    p.add_argument("--read-timeout", type=positive(float), default=d.read_timeout_s,
+                   help="seconds a request's headers, and then its body, may take to arrive; "
+                        f"slower ones get 408 (default {d.read_timeout_s:g})")
+    p.add_argument("--max-connections", type=positive(int), default=d.max_connections,
+                   help=f"open connections beyond this get 503 at once (default {d.max_connections})")
+    p.add_argument("--max-header-bytes", type=positive(int), default=d.max_header_bytes,
+                   help=f"larger request headers get 431 (default {d.max_header_bytes:,})")
 
 
 class ChatSession:

@@ -7,6 +7,12 @@ tokens or sampler state (each sequence has its own seeded generator). At most `m
 sequences decode at once; `max_queue` more may wait; beyond that `submit` raises `QueueFull`
 (the server answers 503). Each request gets an asyncio queue of events (`Delta`s, then one
 `Done` per choice), fed thread-safely.
+
+One request never harms another: a sequence that fails to start or to decode fails alone (its
+`Done` carries the error), and a failure of a whole batched step fails only the requests in
+that batch. Should the worker thread itself ever stop on an unexpected error, the engine says
+so (`dead`, shown by /health), fails every request it holds and refuses new ones, so nothing
+waits forever for a thread that is gone.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import torch
 from wikigpt_core.chat import ChatFormatError
 from wikigpt_core.generation import (BatchDecoder, SamplingParams, Sequence, TokenLogprob,
                                      crop_conversation, prompt_budget)
+from wikigpt_core.generation.batch import MAX_SEED
 from wikigpt_core.tokenizer import WikiTokenizer
 
 log = logging.getLogger(__name__)
@@ -32,6 +39,10 @@ log = logging.getLogger(__name__)
 
 class QueueFull(RuntimeError):
     """The request queue is at capacity; retry later."""
+
+
+class EngineDead(RuntimeError):
+    """The generation worker has stopped; the server must be restarted."""
 
 
 class PromptTooLong(ValueError):
@@ -77,7 +88,8 @@ class Job:
     n: int = 1
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    finished: int = 0
+    done: set[int] = field(default_factory=set)
+    """Indices of the choices whose `Done` has been sent."""
 
     def emit(self, event: Any) -> None:
         try:
@@ -104,8 +116,11 @@ class Engine:
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._in_system = 0  # sequences accepted and not yet finished
+        self._open: set[Job] = set()  # jobs with a choice not yet done, wherever they are
         self.counts = {"completed": 0, "cancelled": 0, "failed": 0}
         self.peak_batch = 0  # the most sequences one step has decoded together
+        self.dead: str | None = None
+        """Why the worker thread stopped, if it ever did (then every request is refused)."""
         self._worker = threading.Thread(target=self._run, name="wikigpt-generate", daemon=True)
         self.started = time.time()
         self._worker.start()
@@ -149,12 +164,15 @@ class Engine:
 
     def _enqueue(self, ids: list[int], params: SamplingParams, cropped: int, n: int) -> Job:
         job = Job(ids=ids, params=params, cropped=cropped, loop=asyncio.get_running_loop(), n=n)
-        with self._lock:
+        with self._lock:  # held while queueing, so a dying worker sees every job it must fail
+            if self.dead is not None:
+                raise EngineDead(f"the generation worker has stopped ({self.dead}); restart the server")
             if self._in_system + n > self.max_batch + self.max_queue:
                 raise QueueFull(f"the batch ({self.max_batch} sequences) and the queue "
                                 f"({self.max_queue} more) are full; retry shortly")
             self._in_system += n
-        self._inbox.put(job)
+            self._open.add(job)
+            self._inbox.put(job)
         return job
 
     def stats(self) -> dict[str, Any]:
@@ -163,13 +181,20 @@ class Engine:
         return {"decoding": len(self._decoder.active), "in_system": in_system,
                 "max_batch": self.max_batch, "peak_batch": self.peak_batch,
                 "capacity": self.max_queue, "busy": in_system > 0,
-                **self.counts}
+                "worker": "dead" if self.dead else "alive", **self.counts}
 
     def close(self) -> None:
         self._inbox.put(None)
 
     # -- worker thread -----------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as e:  # a bug in the loop itself: say so rather than hang everyone
+            log.exception("the generation worker stopped")
+            self._die(f"{type(e).__name__}: {e}")
+
+    def _serve(self) -> None:
         while True:
             dec = self._decoder
             try:
@@ -204,8 +229,12 @@ class Engine:
         for i in range(job.n):
             p = job.params
             if p.seed is not None and i:
-                p = replace(p, seed=p.seed + i)  # choices differ, each reproducible
-            self._decoder.add(Sequence(job.ids, p, self.tok, tag=(job, i)))
+                p = replace(p, seed=(p.seed + i) % MAX_SEED)  # choices differ, each reproducible
+            try:
+                self._decoder.add(Sequence(job.ids, p, self.tok, tag=(job, i)))
+            except Exception as e:  # this choice alone fails; the batch never saw it
+                log.warning("a sequence failed to start: %s: %s", type(e).__name__, e)
+                self._fail_choice(job, i, 0, f"{type(e).__name__}: {e}")
 
     def _report(self, seq: Sequence) -> None:
         job, index = seq.tag
@@ -215,32 +244,55 @@ class Engine:
         if text or logprobs:
             job.emit(Delta(text, index, logprobs))
         if seq.finish_reason is not None:
+            if seq.error:
+                log.warning("a sequence failed: %s", seq.error)
             job.emit(Done(seq.finish_reason, len(job.ids), len(seq.tokens), job.cropped,
-                          index=index, tokens=list(seq.tokens), prompt_logprobs=seq.prompt_logprobs))
+                          error=seq.error, index=index, tokens=list(seq.tokens),
+                          prompt_logprobs=seq.prompt_logprobs))
             seq.reported = True
-            self._finished(job, seq.finish_reason)
+            self._finished(job, index, seq.finish_reason)
 
-    def _finished(self, job: Job, reason: str) -> None:
+    def _finished(self, job: Job, index: int, reason: str) -> None:
+        job.done.add(index)
+        complete = len(job.done) == job.n
         with self._lock:
             self._in_system -= 1
-        job.finished += 1
+            if complete:
+                self._open.discard(job)
         if reason == "cancelled":
             job.cancelled.set()
-        if job.finished == job.n:
+        if complete:
             kind = {"cancelled": "cancelled", "error": "failed"}.get(reason, "completed")
             if job.cancelled.is_set() and kind == "completed":
                 kind = "cancelled"
             self.counts[kind] += 1
 
+    def _fail_choice(self, job: Job, index: int, generated: int, error: str) -> None:
+        job.emit(Done("error", len(job.ids), generated, job.cropped, error=error, index=index))
+        self._finished(job, index, "error")
+
     def _fail_all(self, error: str) -> None:
+        """A batched step failed: every sequence in it fails (the decoder starts afresh)."""
         dec = self._decoder
         for seq in (*dec.active, *dec.waiting):
             job, index = seq.tag
             if getattr(seq, "reported", False):
                 continue
-            job.emit(Done("error", len(job.ids), len(seq.tokens), job.cropped, error=error, index=index))
-            self._finished(job, "error")
+            seq.reported = True
+            self._fail_choice(job, index, len(seq.tokens), error)
         self._decoder = BatchDecoder(self.model, max_batch=self.max_batch)
+
+    def _die(self, reason: str) -> None:
+        """The worker is stopping: refuse new jobs and fail every choice not yet done, wherever
+        it is (inbox, waiting, decoding), without relying on the decoder that may have broken."""
+        with self._lock:
+            self.dead = reason
+            jobs = list(self._open)
+        error = f"the generation worker stopped: {reason}"
+        for job in jobs:
+            for i in range(job.n):
+                if i not in job.done:
+                    self._fail_choice(job, i, 0, error)
 
 
 def release_name(release_dir: Path) -> str:

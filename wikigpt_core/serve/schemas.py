@@ -2,12 +2,18 @@
 the field). The
 OpenAI-compatible bodies accept exactly what this server implements: any other field (tools,
 response_format, penalties other than 0, ...) is refused with a 400 that names it, so no
-client setting is ever silently ignored."""
+client setting is ever silently ignored.
+
+Bounds match the types underneath: a seed is what a 64-bit generator takes, and text must be
+valid Unicode (JSON can spell an unpaired UTF-16 surrogate, "\\ud800", which no UTF-8 encoder
+or tokenizer accepts), so a bad value is a 4xx naming the field, never a failure later on."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from wikigpt_core.generation.batch import MAX_SEED
 
 MAX_NEW_TOKENS = 768
 MAX_N = 8
@@ -16,10 +22,33 @@ MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
 
 
+def valid_text(value: str) -> str:
+    """`value` unchanged if it is valid Unicode; else a ValueError pointing at the surrogate."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"contains an unpaired UTF-16 surrogate (\\u{ord(value[e.start]):04x} at "
+                         f"character {e.start}); send valid Unicode text") from None
+    return value
+
+
+def valid_texts(value: Any) -> Any:
+    """`valid_text` on a string or on each string of a list (union fields: one message)."""
+    for item in [value] if isinstance(value, str) else value if isinstance(value, list) else ():
+        if isinstance(item, str):
+            valid_text(item)
+    return value
+
+
+Text = Annotated[str, AfterValidator(valid_text)]
+Seed = Annotated[int | None, Field(None, ge=0, lt=MAX_SEED)]
+"""0 <= seed < 2**63: what the per-sequence generator takes."""
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class ChatRequest(BaseModel):
@@ -30,7 +59,7 @@ class ChatRequest(BaseModel):
     max_new_tokens: int = Field(256, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: Seed = None
 
 
 class OpenAIMessage(BaseModel):
@@ -41,12 +70,15 @@ class OpenAIMessage(BaseModel):
     @field_validator("role")
     @classmethod
     def _role(cls, v: str) -> str:
+        valid_text(v)
         if v == "developer":  # OpenAI's newer name for the system role
             return "system"
         if v not in ("system", "user", "assistant"):
             raise ValueError(f"role {v!r} is not supported; use 'system' (first only), 'user' and "
                              "'assistant' (tools and function calls are not implemented)")
         return v
+
+    _content = field_validator("content")(valid_texts)
 
     def text(self) -> str:
         """Plain text of the message; OpenAI content parts must all be of type text."""
@@ -58,7 +90,7 @@ class OpenAIMessage(BaseModel):
         for part in self.content:
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise ValueError("only text content parts are supported")
-            parts.append(part["text"])
+            parts.append(valid_text(part["text"]))
         return "".join(parts)
 
 
@@ -71,24 +103,25 @@ class _Sampling(BaseModel):
     """Fields both OpenAI endpoints share."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str | None = None
+    model: Text | None = None
     """Echoed back as the served model's name; this server serves one model."""
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: Seed = None
     stop: str | list[str] | None = None
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
-    user: str | None = None
+    user: Text | None = None
     """An end-user label for the caller's own logs; it never changes the output."""
 
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: Any) -> Any:
+        valid_texts(v)
         stops = [v] if isinstance(v, str) else (v or [])
         if len(stops) > MAX_STOP or any(not s for s in stops):
             raise ValueError(f"give at most {MAX_STOP} non-empty stop strings")
@@ -148,7 +181,7 @@ class TextCompletionRequest(_Sampling):
     def _prompt(cls, v: Any) -> Any:
         if isinstance(v, list) and not v:
             raise ValueError("prompt must not be empty")
-        return v
+        return valid_texts(v)
 
     @model_validator(mode="after")
     def _zero_tokens_needs_echo(self):

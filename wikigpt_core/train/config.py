@@ -37,8 +37,8 @@ def derive_max_steps(train_cfg, units: int) -> int:
 
 
 # TrainConfig fields that do not change the trained weights: changing them keeps the run key.
-_BOOKKEEPING = {"eval_interval", "eval_iters", "sample_interval", "ckpt_interval", "keep_last_k",
-                "log_interval", "compile"}
+_BOOKKEEPING = {"eval_interval", "eval_iters", "sample_interval", "ckpt_interval", "ckpt_minutes",
+                "keep_last_k", "log_interval", "compile"}
 
 
 def input_fingerprint(path: Path) -> str:

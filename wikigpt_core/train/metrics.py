@@ -15,7 +15,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,15 +30,59 @@ def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> f
     return 6 * n_params + 12 * n_layer * n_embd * seq_len
 
 
-# Dense bf16 peaks in TFLOP/s (no sparsity).
-GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "RTX 4090": 165.0, "4090": 165.0}
+@dataclass(frozen=True)
+class GpuPeak:
+    pattern: str
+    """Regex searched (case-insensitively) in `torch.cuda.get_device_name()`."""
+    tflops: float
+    """Dense bf16 tensor TFLOP/s with float32 accumulation, no sparsity."""
+    source: str
+    """Where the figure is published."""
+
+
+# Datasheets quote tensor figures "with sparsity"; the dense figure is half of that. Patterns are
+# anchored, so a variant with other silicon (RTX 3090 Ti, 4090 D, a laptop part, GH200) matches
+# nothing and gets no MFU rather than a wrong one.
+GPU_PEAKS: tuple[GpuPeak, ...] = (
+    GpuPeak(r"\bRTX 3090\s*$", 71.0, "NVIDIA Ampere GA102 whitepaper, RTX 3090: peak BF16 tensor, FP32 accumulate"),
+    GpuPeak(r"\bRTX 4090\s*$", 165.2, "NVIDIA Ada Lovelace whitepaper, RTX 4090: peak BF16 tensor, FP32 accumulate"),
+    GpuPeak(r"\bRTX 5090\s*$", 209.5, "NVIDIA RTX Blackwell whitepaper, RTX 5090: peak BF16 tensor, FP32 accumulate"),
+    GpuPeak(r"\bL4\s*$", 121.0, "NVIDIA L4 datasheet: BF16 tensor 242 with sparsity"),
+    GpuPeak(r"\bL40S\s*$", 362.0, "NVIDIA L40S datasheet: BF16 tensor 362.05 (733 with sparsity)"),
+    # AWS's A10G has no NVIDIA datasheet of its own; the published figure for this GA102
+    # data-center part is the A10's (also what PyTorch Lightning's FLOPs table uses).
+    GpuPeak(r"\bA10G\s*$", 125.0, "NVIDIA A10 datasheet: BF16 tensor 125 (250 with sparsity)"),
+    GpuPeak(r"\bA100\b", 312.0, "NVIDIA A100 datasheet: BF16 tensor 312 (624 with sparsity), 40 and 80 GB, SXM and PCIe"),
+    GpuPeak(r"\bH100\b.*\bHBM3\b|\bH100 SXM", 989.0, "NVIDIA H100 datasheet, SXM: BF16 tensor 1,979 with sparsity"),
+    GpuPeak(r"\bH100\b.*\b(PCIe|HBM2e)\b", 756.0, "NVIDIA H100 datasheet, PCIe: BF16 tensor 1,513 with sparsity"),
+    GpuPeak(r"\bH100 NVL\b", 835.0, "NVIDIA H100 datasheet, NVL: BF16 tensor 1,671 with sparsity"),
+    GpuPeak(r"\bH200\s*$|\bH200 SXM", 989.0, "NVIDIA H200 datasheet, SXM: BF16 tensor 1,979 with sparsity"),
+    GpuPeak(r"\bH200 NVL\b", 835.0, "NVIDIA H200 datasheet, NVL: BF16 tensor 1,671 with sparsity"),
+    GpuPeak(r"\bB200\s*$", 2250.0, "NVIDIA HGX B200 datasheet: FP16/BF16 tensor 4.5 PFLOPS per GPU with sparsity"),
+)
+
+_unknown_gpus: set[str] = set()
+
+
+def gpu_peak(device_name: str) -> GpuPeak | None:
+    """The table entry for a CUDA device name; the longest match wins (the most specific)."""
+    found = [(m.end() - m.start(), peak) for peak in GPU_PEAKS
+             if (m := re.search(peak.pattern, device_name, re.IGNORECASE))]
+    return max(found, key=lambda hit: hit[0])[1] if found else None
 
 
 def gpu_peak_flops(device_name: str) -> float | None:
-    for key, tf in GPU_PEAK_TFLOPS.items():
-        if key.lower() in device_name.lower():
-            return tf * 1e12
-    return None
+    """Dense bf16 FLOP/s of a GPU by its CUDA device name, or None (warned once per name) for
+    a GPU missing from GPU_PEAKS: no MFU is better than a wrong one."""
+    peak = gpu_peak(device_name)
+    if peak is None:
+        if device_name not in _unknown_gpus:
+            _unknown_gpus.add(device_name)
+            warnings.warn(f"MFU unknown for {device_name}: it has no dense bf16 peak in "
+                          "wikigpt_core.train.metrics.GPU_PEAKS (add its datasheet figure there)",
+                          RuntimeWarning, stacklevel=2)
+        return None
+    return peak.tflops * 1e12
 
 
 class MetricLogger:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -109,6 +110,25 @@ def should_compile(mode: str, runtime: Runtime) -> bool:
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     return mode == "on" or (mode == "auto" and runtime.is_cuda)
+
+
+def wrap_ddp(module: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """`module` under DistributedDataParallel with no per-forward buffer broadcast: the only
+    buffers are the RoPE tables, identical on every rank.
+
+    The keyword changed across torch versions: newer DDP takes `forward_sync_buffers` and
+    deprecates `broadcast_buffers`; older ones (torch 2.11 included) know only
+    `broadcast_buffers`. The one this torch accepts is looked up, never assumed."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    device_ids = [runtime.device.index] if runtime.is_cuda else None
+    return DDP(module, device_ids=device_ids, **{_ddp_no_buffer_sync_keyword(DDP): False})
+
+
+def _ddp_no_buffer_sync_keyword(ddp_class) -> str:
+    """`forward_sync_buffers` where DDP accepts it, else `broadcast_buffers` (every version)."""
+    params = inspect.signature(ddp_class.__init__).parameters
+    return "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

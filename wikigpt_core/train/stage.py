@@ -19,6 +19,7 @@ from wikigpt_core.model_io import save_model
 from wikigpt_core.tokenizer import TOKENIZER_FILE
 from wikigpt_core.train.checkpoint import Checkpointer, run_key
 from wikigpt_core.train.config import as_dict, key_payload
+from wikigpt_core.train.memory import fit_to_device
 from wikigpt_core.train.metrics import MetricLogger, MetricsCallback
 from wikigpt_core.train.runtime import Runtime
 from wikigpt_core.train.trainer import Trainer, TrainState
@@ -41,13 +42,17 @@ def run_training(stage: str, *, model: torch.nn.Module, objective, data, train_c
     payload = key_payload(stage, model.config, train_cfg, inputs)
     key = run_key(payload)
     work = Path(work)
-    ckpt = Checkpointer(work, key, train_cfg.ckpt_interval, train_cfg.keep_last_k, enabled=runtime.is_main)
+    ckpt = Checkpointer(work, key, train_cfg.ckpt_interval, train_cfg.keep_last_k, enabled=runtime.is_main,
+                        minutes=train_cfg.ckpt_minutes)
     runtime.barrier()  # rank 0 has cleared stale keys before anyone reads
     logger = MetricLogger(work / key / LOG_FILE if runtime.is_main else None, on_metrics=on_metrics,
                           wandb_dir=work if runtime.is_main else None,  # survives clear()
                           run_name=f"{stage}-{key[:8]}", run_id=f"{stage}-{key}",
                           config=payload)
-    trainer = Trainer(model, objective, data, train_cfg, runtime, max_steps=max_steps,
+    # On a GPU, a micro-batch too big for the card is cut into parts (same rows per step), so
+    # the run key, taken from the configured batch above, still names this run.
+    step_cfg, data = fit_to_device(stage, model.config, train_cfg, data, runtime)
+    trainer = Trainer(model, objective, data, step_cfg, runtime, max_steps=max_steps,
                       checkpointer=ckpt, logger=logger, evaluate=evaluate, sample=sample,
                       tokens_per_micro=tokens_per_micro, flops_per_token=flops_per_token)
     try:
@@ -56,6 +61,8 @@ def run_training(stage: str, *, model: torch.nn.Module, objective, data, train_c
         logger.close()
     stats = {"steps": state.step, "seconds": round(state.seconds, 3), "checkpoints_saved": ckpt.saved,
              **summarize(state)}
+    if step_cfg is not train_cfg:  # the micro-batch was lowered to fit the card
+        stats.update(micro_batch=step_cfg.batch_size, micro_batches_per_step=step_cfg.grad_accum)
     stats = {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))}  # no None
     result = StageResult(path=Path(out), content_hash="", stats=stats)
     if runtime.is_main:

@@ -14,6 +14,11 @@ trigger a recompile of the training graph.
 Gradient accumulation: `grad_accum` micro-batches per optimizer step in total over all ranks;
 rank r runs micro-batches r, r+W, ... and DDP averages gradients across ranks, so the update
 equals the single-process one on the same global batch. Only rank 0 writes.
+
+Nothing bad is kept: a NaN or infinite loss or gradient norm stops training with
+`NonFiniteTrainingError` before any checkpoint of it is written, so the stage fails, publishes
+nothing and leaves the last good checkpoint in the work dir. Checkpoints come every
+`ckpt_interval` steps and, by wall time, every `ckpt_minutes`.
 """
 from __future__ import annotations
 
@@ -24,13 +29,21 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from wikigpt_core.pipes_bridge import TOTAL_STEPS
 from wikigpt_core.train.checkpoint import Checkpointer
 from wikigpt_core.train.metrics import MetricLogger, gpu_peak_flops
-from wikigpt_core.train.runtime import Runtime, build_optimizer, should_compile
+from wikigpt_core.train.runtime import Runtime, build_optimizer, should_compile, wrap_ddp
 from wikigpt_core.train.schedule import CosineSchedule
+
+
+MUST_BE_FINITE = ("loss/train", "grad_norm")
+"""Metrics that stop training when they are NaN or infinite."""
+_CLOCK_FLAG = "_ckpt_clock"  # rides in the metrics all-reduce; never logged
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """The training loss or gradient norm became NaN or infinite."""
 
 
 @dataclass
@@ -74,9 +87,7 @@ class Trainer:
                 # Every new input shape would be a recompile: keep each micro-batch the same shape.
                 objective.static_shapes = True
         if runtime.distributed:
-            # Buffers are only the RoPE tables, identical everywhere: no per-step broadcast.
-            fwd = DDP(fwd, device_ids=[runtime.device.index] if runtime.is_cuda else None,
-                      forward_sync_buffers=False)
+            fwd = wrap_ddp(fwd, runtime)
         self.forward_model = fwd  # what the objective calls during training
         self.micros = list(range(runtime.rank, cfg.grad_accum, runtime.world_size))
 
@@ -97,8 +108,9 @@ class Trainer:
             window_tokens += tokens
             self.state.tokens += tokens
             logging = step % self.cfg.log_interval == 0 or final or step == 1
+            clock_due = False
             if logging:
-                row = {k: v / steps_in_window for k, v in self._reduce(window).items()}
+                row, clock_due = self._reduce_window(window, steps_in_window, step)
             dt = time.perf_counter() - t0  # on a log step the reduce has synchronised the device
             window_s += dt
             self.state.seconds += dt
@@ -110,9 +122,43 @@ class Trainer:
                 self.state.last.update(self._evaluate(step))
             if self.sample_fn and self.runtime.is_main and (step % self.cfg.sample_interval == 0 or final):
                 self._log({"sample": self._sample()}, step)
-            if self.checkpointer.due(step, final):
+            if self.checkpointer.due(step, final, clock_due):
+                if not logging:  # steps since the last log step are unchecked: never save them blind
+                    self._reduce_window(window, steps_in_window, step)
                 self._save(step)
         return self.state
+
+    def _reduce_window(self, window: dict[str, torch.Tensor], steps: int,
+                       step: int) -> tuple[dict[str, float], bool]:
+        """The window's metrics averaged over its steps and the ranks, checked finite, and
+        whether any rank's checkpoint clock ran out: one all-reduce and one host sync, so
+        every rank reaches the same answers.
+
+        Finiteness is checked here rather than every step because reading a value back costs a
+        host sync; a window is reduced on every log step and before every checkpoint, and a
+        non-finite value stays non-finite in the window's sum, so no bad state is ever saved
+        or returned for publishing."""
+        flag = torch.tensor(float(self.checkpointer.clock_due()), device=self.runtime.device)
+        means = self._reduce({**window, _CLOCK_FLAG: flag})
+        clock_due = means.pop(_CLOCK_FLAG) > 0  # the mean over ranks is > 0 when any rank's is
+        row = {k: v / steps for k, v in means.items()}
+        self._check_finite(row, step, steps)
+        return row, clock_due
+
+    def _check_finite(self, row: dict[str, float], step: int, steps: int) -> None:
+        bad = {k: row[k] for k in MUST_BE_FINITE if k in row and not math.isfinite(row[k])}
+        if not bad:
+            return
+        figures = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        span = f"step {step}" if steps == 1 else f"steps {step - steps + 1}-{step}"
+        latest = self.checkpointer.checkpoints()
+        kept = (f"the last good checkpoint {latest[-1]} is kept (a rerun with the same config resumes "
+                "there)") if latest else "no earlier checkpoint exists"
+        raise NonFiniteTrainingError(
+            f"training diverged: {figures} at {span} of {self.max_steps}. "
+            f"Nothing was saved or published from it; {kept}. Lower lr (now {self.cfg.lr}) or "
+            f"lengthen warmup_steps (now {self.cfg.warmup_steps}), and check the inputs: a "
+            "corrupted base checkpoint or training data gives the same.")
 
     def _account(self, row: dict[str, float], tokens: int, seconds: float, steps: int, step: int) -> None:
         """Throughput figures for a logging window, then log it."""

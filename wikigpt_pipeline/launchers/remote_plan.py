@@ -5,19 +5,26 @@
 
 - the workdir is this repository (installed there by the YAML's `setup`);
 - the stage's spec (`--spec FILE`) is rewritten for the remote layout: its output to
-  `~/wikigpt_io/out/<name>`, its existing inputs to `~/wikigpt_io/in/<name>` (uploaded through
-  file_mounts), its scratch to `~/wikigpt_io/work/<name>`; the rewritten spec is uploaded too;
+  `~/wikigpt_io/out/<name>`, its inputs to `~/wikigpt_io/in/<name>` (uploaded through
+  file_mounts), its scratch to `~/wikigpt_io/work/<name>`; the rewritten spec is uploaded too.
+  Only the stage's inputs travel: the rest of its lineage (every ancestor, the dump included:
+  ~22 GB at `124m`) is figures for a model card, which no launched stage reads, so the remote
+  spec's lineage is its inputs alone;
+- the project's extras the box installs (WIKIGPT_EXTRAS, read by sky/setup.sh) follow the
+  spec: W&B always, lm-evaluation-harness when the eval config turns it on;
 - the stage (WIKIGPT_STAGE) and its args (WIKIGPT_STAGE_ARGS) travel in `envs`; the YAML's
   `run` evaluates the args, so `~` expands on the remote machine;
 - Dagster Pipes' bootstrap variables and extra envs are added to `envs`;
-- secrets (HF_TOKEN, WANDB_API_KEY) are filled from this process's environment, never logged;
+- secrets (the ones the YAML names) are filled from this process's environment, never logged;
 - several GPUs (`RTX4090:4`) are used by `sky/run_stage.sh`, which starts the stage under
-  torchrun with one process per GPU ($SKYPILOT_NUM_GPUS_PER_NODE); `num_nodes > 1` adds
+  torchrun with one process per GPU ($SKYPILOT_NUM_GPUS_PER_NODE); several GeForce cards get
+  `NCCL_P2P_DISABLE=1` (their peer-to-peer path is known to hang NCCL); `num_nodes > 1` adds
   SkyPilot's node rank and head IP, on clouds that offer several nodes (vast.ai does not:
   planning that is refused here, before anything is rented).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,11 +38,11 @@ import yaml
 
 from wikigpt_core.spec import StageSpec
 from wikigpt_core.stages import STAGES
+from wikigpt_pipeline.launchers.images import TEACHER_TASK
 
 REMOTE_ROOT = "~/wikigpt_io"
 SPEC_MOUNT = f"{REMOTE_ROOT}/in/spec.json"
 """Where the stage's rewritten spec is uploaded."""
-TEACHER_TASK = "teacher"
 TASKS = {**{s.name: s.task for s in STAGES.values() if s.launched}, TEACHER_TASK: TEACHER_TASK}
 """What can run remotely: each launched stage's SkyPilot task (`sky/<task>.yaml`), and the teacher."""
 
@@ -47,6 +54,18 @@ class PlanError(ValueError):
 SINGLE_NODE_CLOUDS = ("vast",)
 """Clouds (SkyPilot infra names) that rent single machines only: no multi-node jobs."""
 
+GEFORCE = re.compile(r"^(RTX|GTX)[1-5]0[5-9]0(TI|SUPER)*$", re.IGNORECASE)
+"""Consumer GeForce cards as SkyPilot names them (RTX3090, RTX4090, RTX5090, ...); not the
+workstation RTX A6000 / RTX6000."""
+GEFORCE_MULTI_GPU_ENVS = {"NCCL_P2P_DISABLE": "1"}
+"""Several GeForce cards in one box: NCCL over their peer-to-peer path is known to hang, so it
+goes through host memory instead (a user's own `envs` may still override it)."""
+
+BOX_EXTRAS = ("wandb",)
+"""The project's extras every stage box installs (W&B logs online when WANDB_API_KEY is set)."""
+SWITCHED_EXTRAS = {("eval", "lm_eval"): "lmeval"}
+"""Extras a config switch turns on: (section, field) -> extra, installed when the spec has it on."""
+
 
 @dataclass
 class RemotePlan:
@@ -56,19 +75,33 @@ class RemotePlan:
     """(local artifact dir, remote dir relative to the remote home)."""
     remote_args: str = ""
     """The stage's CLI args as evaluated remotely (no secrets in here)."""
+    upload_bytes: int = 0
+    """What the file_mounts upload: the stage's inputs and its spec (the workdir, this
+    repository's code, comes on top)."""
+    loopback_ports: list[int] = field(default_factory=list)
+    """Ports of this run's services (a rented teacher's local end of its SSH port-forward) on
+    this machine's loopback. The launcher forwards each to the same port on the box's loopback
+    (`ssh -R`), so the spec's service URL means the same there and the line stays encrypted."""
 
     @property
     def accelerator_count(self) -> int:
-        acc = self.config.get("resources", {}).get("accelerators")
-        if isinstance(acc, str) and ":" in acc:
-            return int(float(acc.split(":")[1]))
-        if isinstance(acc, dict) and acc:
-            return int(next(iter(acc.values())))
-        return 1 if acc else 0
+        return accelerator(self.config.get("resources", {}))[1]
 
     @property
     def num_nodes(self) -> int:
         return int(self.config.get("num_nodes") or 1)
+
+
+def accelerator(resources: Mapping[str, Any]) -> tuple[str, int]:
+    """(name, count) of a task's `accelerators` (`RTX4090:4` or `{RTX4090: 4}`); ("", 0) if none."""
+    acc = resources.get("accelerators")
+    if isinstance(acc, dict) and acc:
+        name, count = next(iter(acc.items()))
+        return str(name), int(count)
+    if isinstance(acc, str) and acc:
+        name, _, count = acc.partition(":")
+        return name, int(float(count or 1))
+    return "", 0
 
 
 def cluster_name(stage: str, run_key: str) -> str:
@@ -111,9 +144,15 @@ class _PathMapper:
         self.remote_outputs: list[tuple[Path, str]] = []
         self._assigned: dict[Path, str] = {}
         self._taken: set[str] = set()
+        self._names: dict[Path, str] = {}
+
+    def name(self, value: str, name: str) -> None:
+        """Upload `value` (if it is an input) under `name` rather than its basename (an artifact's
+        basename is its version hash; the input's name says what it is)."""
+        self._names[Path(value).resolve()] = name
 
     def _unique(self, kind: str, path: Path) -> str:
-        name = _safe_name(path)
+        name = self._names.get(path) or _safe_name(path)
         rel = f"{kind}/{name}"
         if rel in self._taken:  # two inputs with the same basename
             digest = hashlib.sha1(str(path).encode()).hexdigest()[:6]
@@ -154,14 +193,42 @@ def remote_args(cli_args: Sequence[str], mapper: _PathMapper) -> str:
 
 
 def remote_spec(cli_args: Sequence[str], mapper: _PathMapper) -> tuple[list[str], StageSpec | None]:
-    """If the args name a spec (`--spec FILE`), the spec with every path mapped to the remote
-    layout, and the args pointing at its uploaded copy."""
+    """If the args name a spec (`--spec FILE`), the spec as the box reads it (its inputs only,
+    every path mapped to the remote layout), and the args pointing at its uploaded copy."""
     args = [str(a) for a in cli_args]
     if "--spec" not in args:
         return args, None
     i = args.index("--spec")
-    spec = StageSpec.read(Path(args[i + 1])).relocated(mapper.remote)
+    spec = inputs_only(StageSpec.read(Path(args[i + 1])))
+    for name, ref in spec.inputs.items():
+        mapper.name(str(ref.path), name)
+    spec = spec.relocated(mapper.remote)
     return [*args[:i], "--spec", SPEC_MOUNT, *args[i + 2:]], spec
+
+
+def inputs_only(spec: StageSpec) -> StageSpec:
+    """The spec with its lineage cut to its direct inputs: the box verifies and reads every
+    lineage path, so an ancestor kept there would have to be uploaded."""
+    return dataclasses.replace(spec, lineage={n: r for n, r in spec.lineage.items() if n in spec.inputs})
+
+
+def box_extras(spec: StageSpec | None) -> str:
+    """WIKIGPT_EXTRAS for sky/setup.sh: the extras every box installs, plus those the spec's
+    config switches on (`lmeval` for `[eval] lm_eval = true`)."""
+    extras = list(BOX_EXTRAS)
+    for (section, name), extra in SWITCHED_EXTRAS.items():
+        if spec is not None and (spec.config.get(section) or {}).get(name):
+            extras.append(extra)
+    return ",".join(extras)
+
+
+def upload_size(mounts: Mapping[str, str]) -> int:
+    """Bytes of the local files and directories that `file_mounts` uploads."""
+    total = 0
+    for local in map(Path, mounts.values()):
+        files = [local] if local.is_file() else [p for p in local.rglob("*") if p.is_file()]
+        total += sum(p.stat().st_size for p in files)
+    return total
 
 
 def plan_task(
@@ -200,22 +267,27 @@ def plan_task(
         mounts[SPEC_MOUNT] = str(_write_spec(spec))
     if mounts:
         config["file_mounts"] = mounts
+    config["resources"] = _resources(config, infra, accelerators, use_spot)
+    config["envs"] = _task_envs(config, stage, args, spec, hub_repo, envs)
+    config["secrets"] = _secrets(config, environ)
+    if num_nodes is not None:
+        config["num_nodes"] = num_nodes
+    check_nodes(config)
+    return RemotePlan(config=config, outputs=mapper.remote_outputs, remote_args=args,
+                      upload_bytes=upload_size(mounts), loopback_ports=loopback_ports(spec))
 
-    task_envs = {str(k): "" if v is None else str(v) for k, v in (config.get("envs") or {}).items()}
-    task_envs["WIKIGPT_STAGE"] = stage if stage in STAGES else ""
-    task_envs["WIKIGPT_STAGE_ARGS"] = args
-    if hub_repo:
-        task_envs["WIKIGPT_HUB_REPO"] = hub_repo
-    task_envs.update({str(k): str(v) for k, v in (envs or {}).items()})
-    config["envs"] = task_envs
 
-    secrets = config.get("secrets") or {}
-    if isinstance(secrets, list):  # `secrets: [HF_TOKEN]` form
-        secrets = {str(s).removeprefix("secrets:"): None for s in secrets}
-    # A null secret is filled from our environment; absent ones become empty strings (the
-    # stage then runs without W&B sync / Hub access) rather than failing the launch.
-    config["secrets"] = {k: (v if v is not None else environ.get(k, "")) for k, v in secrets.items()}
+def loopback_ports(spec: StageSpec | None) -> list[int]:
+    """The ports of the spec's service URLs that point at this machine's loopback."""
+    from urllib.parse import urlsplit
 
+    urls = [urlsplit(url) for url in (spec.services.values() if spec is not None else ())]
+    return sorted({u.port for u in urls if u.hostname in ("127.0.0.1", "localhost") and u.port})
+
+
+def _resources(config: Mapping[str, Any], infra: str | None, accelerators: str | None,
+               use_spot: bool) -> dict[str, Any]:
+    """The YAML's resources with the launcher's overrides."""
     resources = dict(config.get("resources") or {})
     if infra:
         resources["infra"] = infra
@@ -223,11 +295,34 @@ def plan_task(
         resources["accelerators"] = accelerators
     if use_spot:
         resources["use_spot"] = True
-    config["resources"] = resources
-    if num_nodes is not None:
-        config["num_nodes"] = num_nodes
-    check_nodes(config)
-    return RemotePlan(config=config, outputs=mapper.remote_outputs, remote_args=args)
+    return resources
+
+
+def _task_envs(config: Mapping[str, Any], stage: str, args: str, spec: StageSpec | None,
+               hub_repo: str | None, envs: Mapping[str, str] | None) -> dict[str, str]:
+    """The YAML's envs, then what the launcher sets, then the user's own `envs` (which win)."""
+    task_envs = {str(k): "" if v is None else str(v) for k, v in (config.get("envs") or {}).items()}
+    task_envs["WIKIGPT_STAGE"] = stage if stage in STAGES else ""
+    task_envs["WIKIGPT_STAGE_ARGS"] = args
+    if "WIKIGPT_EXTRAS" in task_envs:  # a task that installs the project (sky/setup.sh)
+        task_envs["WIKIGPT_EXTRAS"] = box_extras(spec)
+    if hub_repo:
+        task_envs["WIKIGPT_HUB_REPO"] = hub_repo
+    name, count = accelerator(config["resources"])
+    if count > 1 and GEFORCE.match(name):
+        task_envs.update(GEFORCE_MULTI_GPU_ENVS)
+    task_envs.update({str(k): str(v) for k, v in (envs or {}).items()})
+    return task_envs
+
+
+def _secrets(config: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """The secrets the YAML names, and only those: a box gets no secret it does not need."""
+    secrets = config.get("secrets") or {}
+    if isinstance(secrets, list):  # `secrets: [HF_TOKEN]` form
+        secrets = {str(s).removeprefix("secrets:"): None for s in secrets}
+    # A null secret is filled from our environment; absent ones become empty strings (the
+    # stage then runs without W&B sync / Hub access) rather than failing the launch.
+    return {k: (v if v is not None else environ.get(k, "")) for k, v in secrets.items()}
 
 
 def _write_spec(spec: StageSpec) -> Path:

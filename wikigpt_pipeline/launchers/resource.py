@@ -56,9 +56,10 @@ class ComputeLauncher(dg.ConfigurableResource):
                     "unset, outputs come back by rsync over the cluster's SSH alias.")
     keep_cluster: bool = Field(
         default=False, description="Skip `sky.down` after the stage (debugging only: it bills).")
-    rsync_ssh: str = Field(
+    ssh: str = Field(
         default="ssh",
-        description="Remote shell rsync uses to copy outputs back (`rsync -e`); plain `ssh` "
+        description="Command that reaches a cluster by name: rsync's remote shell for outputs "
+                    "(`rsync -e`) and the teacher's SSH port-forward (`ssh -N -L`). Plain `ssh` "
                     "works because SkyPilot writes each cluster's name as an alias into ~/.ssh/config.")
     hourly_price_usd: Optional[float] = Field(
         default=None,
@@ -92,10 +93,11 @@ class ComputeLauncher(dg.ConfigurableResource):
         """For the duration of the block, an OpenAI-compatible teacher (sky/teacher.yaml: vLLM)
         served on a rented GPU; yields its base URL (`.../v1`) and always tears it down. Its
         GPU-hours (and cost, when the price is known) are put into `figures`. The API key comes
-        from WIKIGPT_TEACHER_API_KEY (or VLLM_API_KEY) and travels as a SkyPilot secret."""
-        from wikigpt_pipeline.launchers.skypilot import SkyPilotLauncher  # optional extra
+        from WIKIGPT_TEACHER_API_KEY (or VLLM_API_KEY) and travels as a SkyPilot secret; the
+        requests travel through an SSH port-forward, never in clear text over the internet."""
+        from wikigpt_pipeline.launchers.skypilot import TEACHER_KEY_ENVS, SkyPilotLauncher  # optional extra
 
-        key = os.environ.get("WIKIGPT_TEACHER_API_KEY") or os.environ.get("VLLM_API_KEY", "")
+        key = next((os.environ[k] for k in TEACHER_KEY_ENVS if os.environ.get(k)), "")
         with SkyPilotLauncher.from_resource(self).teacher_endpoint(context, key, figures=figures) as url:
             yield url
 

@@ -13,9 +13,15 @@ One `run_stage` call:
    ~/.ssh/config, or the HF Hub for managed spot jobs), each published atomically and
    checked against the content hash the stage reported;
 6. tears the cluster down in `finally` (`down: true` autostop does not fire after a failed
-   setup), and records wall time, GPU hours, cost and the box's `setup_seconds` (how long the
-   YAML's `setup` took, printed by `sky/run_stage.sh` as a `WIKIGPT_SETUP_SECONDS=` line) as
-   metadata.
+   setup), and records wall time, GPU hours, cost, what the launch uploaded (`upload_bytes`:
+   the stage's inputs and spec; `upload_seconds`: the launch request, which provisions the box
+   and syncs the mounts, as SkyPilot reports no finer split) and the box's `setup_seconds` (how
+   long the YAML's `setup` took, printed by `sky/run_stage.sh` as a `WIKIGPT_SETUP_SECONDS=`
+   line) as metadata.
+
+The teacher (`teacher_endpoint`) listens on its box's loopback only; it is reached through an
+SSH port-forward to the cluster's alias, so prompts and the API key never cross the internet in
+clear text.
 
 `use_spot` goes through managed jobs (`sky.jobs.launch`): SkyPilot relaunches a preempted job
 and the stage resumes from checkpoints that its run script syncs to the HF Hub.
@@ -27,8 +33,11 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shlex
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -39,6 +48,7 @@ from typing import Any, Callable, Iterator, Sequence
 import dagster as dg
 
 from wikigpt_core.artifacts import content_hash, swap_into_place
+from wikigpt_core.train.memory import MemoryFitError, preflight
 from wikigpt_pipeline.launchers.log_stream import LogStreamMessageReader
 from wikigpt_pipeline.launchers.remote_plan import (
     RemotePlan,
@@ -68,7 +78,11 @@ class _SetupTimeReader(LogStreamMessageReader):
 ACTIVE_JOB = {"INIT", "PENDING", "SETTING_UP", "RUNNING", "SUCCEEDED"}
 """Job states worth re-attaching to (a SUCCEEDED job's log still holds every Pipes message)."""
 LIVE_CLUSTER = {"UP"}
-TEACHER_PORT = 8001
+TEACHER_KEY_ENVS = ("WIKIGPT_TEACHER_API_KEY", "VLLM_API_KEY")
+"""Where the teacher's API key is read from, first set wins (the first is `[teacher]
+api_key_env`'s default); it travels to the box as the VLLM_API_KEY secret."""
+AUTH_REFUSED = (401, 403)
+"""Answers that say the key is wrong: no retry can fix them."""
 
 
 def load_sky():
@@ -109,8 +123,9 @@ class SkyPilotLauncher:
     keep_cluster: bool = False
     hourly_price_usd: float | None = None
     sky: Any = None
-    rsync_ssh: str = "ssh"
-    """Command rsync uses as its remote shell (`rsync -e`); `ssh` resolves the SkyPilot alias."""
+    ssh: str = "ssh"
+    """Command that reaches a cluster by its SkyPilot alias (`ssh <cluster>`, from ~/.ssh/config):
+    rsync's remote shell for outputs, and the teacher's port-forward."""
     clock: Callable[[], float] = time.monotonic
 
     @classmethod
@@ -118,7 +133,7 @@ class SkyPilotLauncher:
         return cls(sky_dir=res.sky_dir_path(), workdir=res.workdir_path(), env=dict(res.env),
                    infra=res.infra, accelerators=res.accelerators, use_spot=res.use_spot,
                    hub_repo=res.hub_repo, num_nodes=res.num_nodes, keep_cluster=res.keep_cluster,
-                   hourly_price_usd=res.hourly_price_usd, rsync_ssh=res.rsync_ssh, sky=load_sky())
+                   hourly_price_usd=res.hourly_price_usd, ssh=res.ssh, sky=load_sky())
 
     # ------------------------------------------------------------------ entry point
 
@@ -136,10 +151,22 @@ class SkyPilotLauncher:
                          workdir=self.workdir, envs=self.env, infra=self.infra,
                          accelerators=self.accelerators, use_spot=self.use_spot,
                          hub_repo=self.hub_repo, num_nodes=self.num_nodes)
+        if self.use_spot and plan.loopback_ports:
+            raise StageLaunchError(
+                f"{stage} talks to a rented teacher behind an SSH tunnel, which a managed spot "
+                "job (on a cluster this launcher cannot reach by name) cannot use: run it with "
+                "use_spot = false, or point [teacher] base_url at an HTTPS endpoint")
+        try:  # before renting: a training stage too big for the card is refused here, for free
+            fit = preflight(stage, cli_args, plan.config["resources"].get("accelerators"))
+        except MemoryFitError as e:
+            raise StageLaunchError(str(e)) from None
+        if fit is not None:
+            context.log.info(fit.describe())
         reader = _SetupTimeReader()
         reader.progress = StageProgress(stage)
         t0 = self.clock()
         hourly: float | None = None
+        self._upload_seconds: float | None = None  # set by a launch; a re-attach uploads nothing
         with dg.open_pipes_session(context=context, context_injector=dg.PipesEnvContextInjector(),
                                    message_reader=reader) as session:
             plan.config["envs"].update(session.get_bootstrap_env_vars())
@@ -166,6 +193,9 @@ class SkyPilotLauncher:
             "accelerators": str(plan.config["resources"].get("accelerators", "")),
             "num_nodes": plan.num_nodes,
         }
+        if self._upload_seconds is not None:
+            figures["upload_bytes"] = plan.upload_bytes
+            figures["upload_seconds"] = round(self._upload_seconds, 1)
         if reader.setup_seconds is not None:
             figures["setup_seconds"] = reader.setup_seconds
         if hourly is not None:
@@ -177,14 +207,14 @@ class SkyPilotLauncher:
     # ------------------------------------------------------------------ teacher endpoint
 
     @contextmanager
-    def teacher_endpoint(self, context, api_key: str, port: int = TEACHER_PORT,
-                         ready_timeout_s: float = 1800, poll_s: float = 10,
-                         figures: dict | None = None) -> Iterator[str]:
+    def teacher_endpoint(self, context, api_key: str, ready_timeout_s: float = 1800,
+                         poll_s: float = 10, figures: dict | None = None) -> Iterator[str]:
         """Serve the teacher (sky/teacher.yaml: vLLM, OpenAI API) for the duration of the block;
-        yields its base URL (`http://host:port/v1`) once `/v1/models` answers; always downs it."""
+        yields its base URL (`http://127.0.0.1:<local port>/v1`, the local end of an SSH
+        port-forward to the box's loopback) once `/v1/models` answers; always downs it."""
         if not api_key:
-            raise StageLaunchError("the teacher endpoint is reachable from the internet: set "
-                                   "WIKIGPT_TEACHER_API_KEY (or VLLM_API_KEY) before serving it")
+            raise StageLaunchError(f"the teacher endpoint needs an API key: set {TEACHER_KEY_ENVS[0]} "
+                                   f"(or {TEACHER_KEY_ENVS[1]}) before serving it")
         sky = self.sky
         cluster = cluster_name("teacher", context.run.root_run_id or context.run.run_id)
         plan = plan_task(sky_dir=self.sky_dir, stage="teacher", cli_args=[], outputs=[],
@@ -196,15 +226,11 @@ class SkyPilotLauncher:
             if self._live_job(cluster)[0] is None:
                 task = sky.Task.from_yaml_config(copy.deepcopy(plan.config))  # it mutates
                 sky.stream_and_get(sky.launch(task, cluster_name=cluster))
-            endpoints = sky.get(sky.endpoints(cluster, port))
-            address = endpoints.get(port) or endpoints.get(str(port))
-            if not address:
-                raise StageLaunchError(f"{cluster} exposes no endpoint for port {port}: {endpoints}")
-            base_url = address if "://" in address else f"http://{address}"
-            base_url = base_url.rstrip("/") + "/v1"
-            _wait_ready(base_url, api_key, ready_timeout_s, poll_s, self.clock)
-            context.log.info(f"[skypilot] teacher serving at {base_url} on {cluster}")
-            yield base_url
+            remote_port = int(plan.config["envs"]["TEACHER_PORT"])
+            with self._port_forward(cluster, remote_port) as (base_url, tunnel_gone):
+                _wait_ready(base_url, api_key, ready_timeout_s, poll_s, self.clock, broken=tunnel_gone)
+                context.log.info(f"[skypilot] teacher on {cluster} serving at {base_url} (SSH port-forward)")
+                yield base_url
         finally:
             hours = (self.clock() - t0) / 3600
             self._teardown(context, cluster)
@@ -215,6 +241,46 @@ class SkyPilotLauncher:
             if self.hourly_price_usd is not None:
                 context.log.info(f"[skypilot] teacher: {hours:.3f} GPU-hours, "
                                  f"~${hours * self.hourly_price_usd:.2f}")
+
+    @contextmanager
+    def _port_forward(self, cluster: str, remote_port: int) -> Iterator[tuple[str, Callable[[], str | None]]]:
+        """`ssh -N -L` from a free local port to `remote_port` on the box's loopback, through the
+        cluster's SSH alias. Yields (base URL, a call saying why the tunnel is gone, None while it
+        runs) and closes the tunnel when the block exits."""
+        local = _free_port()
+        with self._ssh_tunnel(cluster, ["-L", f"127.0.0.1:{local}:127.0.0.1:{remote_port}"]) as gone:
+            yield f"http://127.0.0.1:{local}/v1", gone
+
+    @contextmanager
+    def _reverse_forwards(self, cluster: str, ports: Sequence[int]) -> Iterator[None]:
+        """For the block, each of this machine's loopback `ports` also on the box's loopback
+        (`ssh -N -R`): how a launched stage reaches a teacher that is itself behind a tunnel."""
+        if not ports:
+            yield
+            return
+        forwards = [arg for port in ports for arg in ("-R", f"127.0.0.1:{port}:127.0.0.1:{port}")]
+        with self._ssh_tunnel(cluster, forwards):
+            yield
+
+    @contextmanager
+    def _ssh_tunnel(self, cluster: str, forwards: list[str]) -> Iterator[Callable[[], str | None]]:
+        """`ssh -N <forwards> <cluster>` for the duration of the block; yields a call saying why
+        the tunnel is gone (None while it runs)."""
+        cmd = [*shlex.split(self.ssh), "-N", "-o", "ExitOnForwardFailure=yes",
+               "-o", "ServerAliveInterval=30", *forwards, cluster]
+        # stderr to a file, not a pipe: nobody reads it while the tunnel runs, and a full pipe
+        # would block ssh.
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                yield lambda: _exited(proc, err, f"the SSH tunnel to {cluster}")
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
     # ------------------------------------------------------------------ plain cluster
 
@@ -229,13 +295,15 @@ class SkyPilotLauncher:
             # No `down=True` here: it would delete the cluster as soon as the job ends, before
             # the outputs are copied back. The YAML's autostop(down) is the safety net and
             # `_teardown` the normal path.
-            request = sky.launch(task, cluster_name=cluster)
-            job_id, handle = sky.stream_and_get(request)
-            context.log.info(f"[skypilot] launched job {job_id} on {cluster}")
+            with self._timed_upload():
+                job_id, handle = sky.stream_and_get(sky.launch(task, cluster_name=cluster))
+            context.log.info(f"[skypilot] launched job {job_id} on {cluster}: uploaded "
+                             f"{plan.upload_bytes / 1e6:.1f} MB of inputs in {self._upload_seconds:.0f} s")
         hourly = self._hourly_price(handle, cluster)
         sink = reader.stream()
         try:
-            exit_code = sky.tail_logs(cluster, job_id, follow=True, output_stream=sink)
+            with self._reverse_forwards(cluster, plan.loopback_ports):
+                exit_code = sky.tail_logs(cluster, job_id, follow=True, output_stream=sink)
         finally:
             sink.flush()
         if exit_code != 0:
@@ -243,6 +311,15 @@ class SkyPilotLauncher:
                 f"remote job {job_id} on {cluster} failed (exit code {exit_code}); "
                 f"last lines of its log:\n{reader.tail()}")
         return job_id, hourly
+
+    @contextmanager
+    def _timed_upload(self) -> Iterator[None]:
+        """Time a launch request: it provisions the box and uploads the file mounts."""
+        t0 = self.clock()
+        try:
+            yield
+        finally:
+            self._upload_seconds = self.clock() - t0
 
     def _live_job(self, cluster: str) -> tuple[int | None, Any]:
         """(job id, handle) of this stage's job on an UP cluster of this run, else (None, None)."""
@@ -274,7 +351,8 @@ class SkyPilotLauncher:
             context.log.info(f"[skypilot] re-attaching to managed job {job_id} ({name})")
         else:
             task = sky.Task.from_yaml_config(copy.deepcopy(plan.config))  # it mutates
-            job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=name))
+            with self._timed_upload():
+                job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=name))
             job_id = job_ids[0]
             context.log.info(f"[skypilot] launched managed spot job {job_id} ({name})")
         self._managed_job_id = job_id
@@ -323,7 +401,7 @@ class SkyPilotLauncher:
 
     def _rsync(self, cluster: str, remote: str, dest: Path) -> None:
         dest.mkdir(parents=True)
-        cmd = ["rsync", "-a", "--partial", "-e", self.rsync_ssh, f"{cluster}:{remote}/", f"{dest}/"]
+        cmd = ["rsync", "-a", "--partial", "-e", self.ssh, f"{cluster}:{remote}/", f"{dest}/"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise StageLaunchError(f"copying {remote} back from {cluster} failed "
@@ -350,18 +428,41 @@ class SkyPilotLauncher:
                               f"run `sky down {cluster}` by hand, it may still bill")
 
 
-def _wait_ready(base_url: str, api_key: str, timeout_s: float, poll_s: float, clock) -> None:
-    """Poll `GET /v1/models` until vLLM answers 200 (it loads the weights after `run` starts)."""
+def _free_port() -> int:
+    """A local port nothing listens on now (ssh refuses to start if it is taken meanwhile)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _exited(proc: subprocess.Popen, stderr, what: str) -> str | None:
+    """Why `proc` is gone (its exit code and the tail of its stderr file), or None while it runs."""
+    if proc.poll() is None:
+        return None
+    stderr.seek(0)
+    return f"{what} exited with code {proc.returncode}: {stderr.read()[-500:].strip()}"
+
+
+def _wait_ready(base_url: str, api_key: str, timeout_s: float, poll_s: float, clock,
+                broken: Callable[[], str | None] = lambda: None) -> None:
+    """Poll `GET /v1/models` until vLLM answers 200 (it loads the weights after `run` starts).
+    A refused key stops at once, as does the channel (`broken` says why it is gone)."""
     import httpx
 
     deadline = clock() + timeout_s
     last = "no answer yet"
     while clock() < deadline:
+        if (gone := broken()) is not None:
+            raise StageLaunchError(f"teacher at {base_url} cannot be reached: {gone}")
         try:
             r = httpx.get(f"{base_url}/models", headers={"Authorization": f"Bearer {api_key}"},
                           timeout=10)
             if r.status_code == 200:
                 return
+            if r.status_code in AUTH_REFUSED:
+                raise StageLaunchError(
+                    f"teacher at {base_url} refused the API key (HTTP {r.status_code}); set "
+                    f"{TEACHER_KEY_ENVS[0]} to the key the endpoint was started with")
             last = f"HTTP {r.status_code}"
         except httpx.HTTPError as e:
             last = type(e).__name__

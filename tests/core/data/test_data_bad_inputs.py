@@ -166,3 +166,42 @@ def test_index_offset_past_end(settings, tmp_path, sample_split):
 
 def test_errors_are_dump_errors():
     assert issubclass(TruncatedDumpError, DumpError) and issubclass(DumpError, ValueError)
+
+
+def test_a_bad_local_dump_names_the_users_file_and_says_to_replace_it(settings, tmp_path):
+    """Not the copy that was read (gone with the unpublished artifact), and not "fetch it
+    again", which the pipeline cannot do for a file it did not download."""
+    from wikigpt_core.data.errors import REFETCH_HINT
+
+    data = sample_path().read_bytes()
+    src = tmp_path / "in" / "enwiki-truncated.xml.bz2"
+    src.parent.mkdir()
+    src.write_bytes(data[: len(data) * 6 // 10])
+    fn, out = _dump(settings, src, tmp_path)
+    err = _assert_fails(fn, TruncatedDumpError, src, out)
+    assert str(err).startswith(f"{src}: truncated bz2")
+    assert REFETCH_HINT not in str(err) and "copy or download it again" in str(err)
+    assert err.path == str(src)
+
+
+def test_a_bad_downloaded_dump_names_the_downloaded_file_and_says_to_fetch_again(settings, tmp_path):
+    import hashlib
+
+    from tests.core.data.dumpsite_server import DumpSite
+    from wikigpt_core.data.errors import REFETCH_HINT
+
+    header = sample_path().read_bytes()
+    bad = header[: len(header) // 2]  # a truncated file, published with its own SHA-1
+    site = DumpSite()
+    try:
+        site.publish("enwiki", "20990101", bad, bz2.compress(b"0:1:Page\n"))
+        cfg = dataclasses.replace(settings.dump, source="enwiki/20990101", base_url=site.url)
+        with pytest.raises(TruncatedDumpError) as info:
+            run_dump(cfg, tmp_path / "wiki_dump", tmp_path / "work_dump")
+    finally:
+        site.close()
+    named = Path(info.value.path)
+    assert named.is_file() and named.parent == tmp_path / "work_dump", info.value
+    assert hashlib.sha1(named.read_bytes()).hexdigest() == hashlib.sha1(bad).hexdigest()
+    assert str(info.value).endswith(REFETCH_HINT)
+    assert not (tmp_path / "wiki_dump").exists()
