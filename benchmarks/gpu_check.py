@@ -20,7 +20,8 @@ figures or its error and the tail of its stderr:
 3. pretrain: 124m at 16 x 1,024, the real Trainer in the run's settings (bf16 autocast,
    torch.compile, fused AdamW), grad_accum 4;
 4. sft_packed: the same on document-masked packed blocks (the real packer);
-5. dpo: DPO steps against a frozen reference;
+5. dpo: DPO steps on the reference's stored log-probabilities (one pass before training; the step
+   runs the policy alone);
 6. decode: batched greedy generation through wikigpt_core.generation;
 7. vllm: whether the tiny release loads and generates in vLLM, when vLLM is installed.
 
@@ -70,7 +71,7 @@ from wikigpt_core.config import load_settings  # noqa: E402
 from wikigpt_core.model import GPT, GPTConfig  # noqa: E402
 from wikigpt_core.train.checkpoint import Checkpointer  # noqa: E402
 from wikigpt_core.train.metrics import MetricLogger, flops_per_token, gpu_peak_flops  # noqa: E402
-from wikigpt_core.train.objectives import DPOObjective, LMObjective  # noqa: E402
+from wikigpt_core.train.objectives import DPOObjective, LMObjective, reference_logps  # noqa: E402
 from wikigpt_core.train.runtime import setup_runtime  # noqa: E402
 from wikigpt_core.train.trainer import Trainer  # noqa: E402
 
@@ -193,28 +194,28 @@ class PackedData:
         self.blocks, self.batch_size, self.grad_accum = blocks, batch, grad_accum
 
     def batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
-        n = len(self.blocks["idx"])
+        n = len(next(iter(self.blocks.values())))
         first = (step * self.grad_accum + micro) * self.batch_size
         rows = torch.arange(first, first + self.batch_size) % n
         return {k: v[rows] for k, v in self.blocks.items()}
 
 
-class PairData:
-    """DPO micro-batches: `batch` pairs of seq tokens, the first half prompt (no loss)."""
+def pair_pool(vocab: int, seq: int, pairs: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """DPO pairs of seq tokens, the first half prompt (no loss), as `pair_tensors` lays them out."""
+    g, tokens, out = torch.Generator().manual_seed(seed), ZipfTokens(vocab), {}
+    for side in ("chosen", "rejected"):
+        idx = tokens.draw(pairs * seq, g).view(pairs, seq)
+        tgt = idx.roll(-1, 1)
+        tgt[:, : seq // 2] = IGNORE_INDEX
+        tgt[:, -1] = IGNORE_INDEX
+        out[f"{side}_idx"], out[f"{side}_targets"] = idx, tgt
+        out[f"{side}_len"] = torch.full((pairs,), seq)
+    return out
 
-    def __init__(self, vocab: int, batch: int, seq: int):
-        self.tokens, self.batch_size, self.seq = ZipfTokens(vocab), batch, seq
 
-    def batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
-        g, out = generator(step, micro), {}
-        for side in ("chosen", "rejected"):
-            idx = self.tokens.draw(self.batch_size * self.seq, g).view(self.batch_size, self.seq)
-            tgt = idx.roll(-1, 1)
-            tgt[:, : self.seq // 2] = IGNORE_INDEX
-            tgt[:, -1] = IGNORE_INDEX
-            out[f"{side}_idx"], out[f"{side}_targets"] = idx, tgt
-            out[f"{side}_len"] = torch.full((self.batch_size,), self.seq)
-        return out
+class PairData(PackedData):
+    """DPO micro-batches: rows of a `pair_pool` that carries the reference's stored
+    log-probabilities (computed once, before training, as the DPO stage does), cycled."""
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -452,14 +453,24 @@ def phase_sft_packed(setup: Setup) -> dict:
 
 
 def phase_dpo(setup: Setup) -> dict:
+    """DPO as the stage runs it: the reference's log-probabilities stored before training, so
+    each step runs the policy alone (per-token log-probabilities from its compiled graph)."""
     torch.manual_seed(0)
     policy = GPT(setup.model)
     reference = copy.deepcopy(policy)
-    batch = stage_config("dpo", setup).batch_size
-    data = PairData(setup.model.vocab_size, batch, setup.seq)
-    trainer = build_trainer(setup, "dpo", policy, DPOObjective(reference, beta=DPO_BETA), data,
+    cfg = stage_config("dpo", setup)
+    pool = pair_pool(setup.model.vocab_size, setup.seq, pairs=4 * cfg.batch_size * cfg.grad_accum)
+    trainer = build_trainer(setup, "dpo", policy, DPOObjective(None, beta=DPO_BETA),
+                            PairData(pool, cfg.batch_size, cfg.grad_accum),
                             tokens_per_micro=lambda b: 2 * int(b["chosen_idx"].numel()))
+    started = time.perf_counter()
+    pool.update(reference_logps(reference.to(trainer.runtime.device), pool, cfg.batch_size,
+                                trainer.runtime.device, trainer.runtime.autocast))
+    reference_s = time.perf_counter() - started
+    del reference
+    batch = cfg.batch_size
     figures, first = run_training(setup, trainer)
+    figures["reference_pass_s"] = round(reference_s, 3)
     kernels, sanity = after_timing(setup, trainer, tolerance=0.005)
     step0 = check("DPO step-0 loss is ln 2 (policy = reference)", round(math.log(2), 6), first, 0.01)
     return figures | kernels | {"pairs_per_micro": batch, "beta": DPO_BETA, "sanity": [step0, *sanity]}

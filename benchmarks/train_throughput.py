@@ -28,6 +28,24 @@ Tokens/s counts B x T trained tokens per step. FLOPs per token = 6N + 12 * n_lay
 (N counts the tied head once); MFU on GPUs whose dense bf16 peak is known (H100/H200 989,
 A100 312, RTX 4090 165 TFLOP/s); peak memory from torch.cuda.max_memory_allocated.
 
+Stage rows (--stages, default pretrain,sft,dpo on the profiles of --stage-profiles, CPU default
+micro,tiny): each stage's new path against the path it replaced, same model, same batches, same
+threads, timed in interleaved rounds:
+
+  pretrain-old / -new   whole (B*T, V) logits + cross-entropy / the chunked fused head + loss
+  sft-old / -new        packed blocks (4-5 examples each): dense document mask + whole logits /
+                        FlexAttention (CUDA; CPU keeps the dense mask: no CPU backward) + the
+                        chunked head
+  dpo-old               the previous DPO step: live reference (eager), whole logits, log-softmax
+  dpo-live / -stored    the new step with a live reference / on stored reference
+                        log-probabilities (the policy alone); both per-token log-probabilities
+                        from the chunked head, micro-batches cut to length buckets
+
+Printed: tok/s (real tokens: DPO counts both sequences of a pair), step time, the peak memory
+the stage's step needs (memory.py's fake-tensor estimate of the real step at that micro-batch:
+tensors only, no allocator reserve; measured torch.cuda.max_memory_allocated on a GPU), and the
+ratios new / old and DPO stored / live.
+
 Writes the figures and the machine (CPU model, cores, torch threads, load) as JSON to --json
 (default benchmarks/results/train_throughput.json).
 
@@ -69,7 +87,9 @@ from benchmarks.report import machine_info, machine_line, write_json  # noqa: E4
 from wikigpt_core.config import load_settings  # noqa: E402
 from wikigpt_core.model import GPT  # noqa: E402
 from wikigpt_core.train.metrics import MetricLogger, flops_per_token, gpu_peak_flops  # noqa: E402
-from wikigpt_core.train.objectives import LMObjective  # noqa: E402
+from wikigpt_core.model_config import GPTConfig  # noqa: E402
+from wikigpt_core.train import memory  # noqa: E402
+from wikigpt_core.train.objectives import DPOObjective, LMObjective, dpo_loss, reference_logps  # noqa: E402
 from wikigpt_core.train.runtime import Runtime, build_optimizer, setup_runtime  # noqa: E402
 from wikigpt_core.train.schedule import CosineSchedule  # noqa: E402
 from wikigpt_core.train.trainer import Trainer  # noqa: E402
@@ -176,6 +196,8 @@ class Bench:
     next_step: int = 0
     best_step_s: float = float("inf")
     load: list = dataclasses.field(default_factory=list)
+    tokens_per_step: float = 0.0
+    """Stage rows: real tokens per step (summary() counts batch x seq instead)."""
 
 
 def build(profile: str, variant: str, args, base: Runtime) -> Bench:
@@ -275,6 +297,176 @@ def ratio(rows: dict, a: str, b: str) -> float | None:
     return None
 
 
+# ---------------------------------------------------------------- stage rows: new paths vs old
+
+MICRO = GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=32, mlp_multiple_of=16)
+"""The micro shape the tests train (a stage row's smallest profile)."""
+STAGE_VARIANTS = {"pretrain": ("old", "new"), "sft": ("old", "new"), "dpo": ("old", "live", "stored")}
+
+
+def stage_settings(profile: str):
+    """(model shape, {stage: TrainConfig}) of a profile; micro borrows tiny's training settings."""
+    settings = load_settings("tiny" if profile == "micro" else profile, env=False)
+    model = MICRO if profile == "micro" else settings.model
+    return model, {s: settings.section(s) for s in STAGE_VARIANTS}
+
+
+def packed_rows(vocab: int, seq: int, rows: int, seed: int) -> dict[str, torch.Tensor]:
+    """Packed blocks: examples of seq/8 .. seq/3 tokens, the first third prompt (no loss)."""
+    from wikigpt_core.train.data import pack_examples
+
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    while len(examples) < rows * 6:
+        n = int(torch.randint(seq // 8, seq // 3 + 1, (1,), generator=g))
+        ids = torch.randint(4, vocab, (n,), generator=g).tolist()
+        examples.append((ids, [-100] * (n // 3) + ids[n // 3:]))
+    packed, _ = pack_examples(examples, seq, pad_id=0, end_id=0)
+    return {k: v[:rows] for k, v in packed.items()}
+
+
+def pair_rows(vocab: int, seq: int, rows: int, seed: int) -> dict[str, torch.Tensor]:
+    """DPO pairs of seq/2 .. seq tokens, the first half prompt, padded as `pair_tensors` pads."""
+    g, out = torch.Generator().manual_seed(seed), {}
+    lengths = torch.randint(seq // 2, seq + 1, (2, rows), generator=g)
+    for i, side in enumerate(("chosen", "rejected")):
+        idx = torch.randint(4, vocab, (rows, seq), generator=g)
+        tgt = idx.roll(-1, 1)
+        cols = torch.arange(seq)
+        tgt[(cols[None, :] < seq // 4) | (cols[None, :] >= lengths[i][:, None] - 1)] = -100
+        out[f"{side}_idx"], out[f"{side}_targets"], out[f"{side}_len"] = idx, tgt, lengths[i]
+    return out
+
+
+class Rows:
+    """Micro-batch (step, micro) = `batch` rows of a fixed set, cycled; one batch per step."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], batch: int):
+        self.tensors, self.batch_size = tensors, batch
+
+    def batch(self, step: int, micro: int):
+        n = next(iter(self.tensors.values())).shape[0]
+        rows = torch.arange(step * self.batch_size, (step + 1) * self.batch_size) % n
+        return {k: v[rows] for k, v in self.tensors.items()}
+
+
+class PreviousDPO:
+    """The DPO step this code replaced, kept as the baseline: trim to the last response column,
+    policy and live eager reference both through whole float32 logits and log-softmax."""
+
+    def __init__(self, reference: GPT, beta: float):
+        self.reference, self.beta = reference.eval().requires_grad_(False), beta
+
+    def _logps(self, model, idx, tgt):
+        logits, _ = model(idx, tgt)
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (logp * (tgt != -100)).sum(-1)
+
+    def __call__(self, model, batch):
+        used = (batch["chosen_targets"] != -100) | (batch["rejected_targets"] != -100)
+        end = int(used.any(0).nonzero().max()) + 1
+        n = batch["chosen_idx"].shape[0]
+        idx = torch.cat([batch["chosen_idx"], batch["rejected_idx"]])[:, :end]
+        tgt = torch.cat([batch["chosen_targets"], batch["rejected_targets"]])[:, :end]
+        policy = self._logps(model, idx, tgt)
+        with torch.no_grad():
+            ref = self._logps(self.reference, idx, tgt)
+        loss, _, _ = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], self.beta)
+        return loss.mean(), {}
+
+
+def stage_objective(stage: str, path: str, model: GPT, data: Rows, cfg, rt: Runtime):
+    if stage != "dpo":
+        return LMObjective(flex=None if path == "new" else False, chunked=path == "new")
+    reference = GPT(model.config)
+    reference.load_state_dict(model.state_dict())
+    reference.to(rt.device)
+    if path == "old":
+        return PreviousDPO(reference, cfg.dpo_beta)
+    if path == "stored":
+        data.tensors.update(reference_logps(reference, data.tensors, cfg.batch_size, rt.device, rt.autocast))
+        return DPOObjective(None, beta=cfg.dpo_beta)
+    return DPOObjective(reference, beta=cfg.dpo_beta)
+
+
+def real_tokens(stage: str, batch: dict) -> int:
+    if stage == "dpo":
+        return int(batch["chosen_len"].sum() + batch["rejected_len"].sum())
+    return int((batch["targets"] != -100).sum()) if stage == "sft" else batch["idx"].numel()
+
+
+def build_stage(profile: str, stage: str, path: str, args, base: Runtime) -> Bench:
+    mcfg, cfgs = stage_settings(profile)
+    seq = mcfg.block_size
+    batch = args.batch or (cfgs[stage].batch_size if base.is_cuda else (4 if profile == "micro" else 2))
+    cfg = dataclasses.replace(cfgs[stage], batch_size=batch, grad_accum=1, warmup_steps=1,
+                              max_steps=10_000, compile="on" if args.stage_compile else "off")
+    rows = 8 * batch
+    tensors = (pair_rows if stage == "dpo" else packed_rows)(mcfg.vocab_size, seq, rows, 0) \
+        if stage != "pretrain" else RandomTokens(mcfg.vocab_size, rows, seq).batch(0, 0)
+    data = Rows(tensors, batch)
+    rt = base.with_precision("auto")
+    torch.manual_seed(0)
+    model = GPT(mcfg)
+    objective = stage_objective(stage, path, model, data, cfg, rt)
+    stepper = Trainer(model, objective, data, cfg, rt, max_steps=10_000, checkpointer=NoCheckpoints(),
+                      logger=MetricLogger(None), tokens_per_micro=lambda b: real_tokens(stage, b))
+    n_params = model.num_params()
+    b = Bench(profile, f"{stage}-{path}", stepper, batch, seq, n_params,
+              flops_per_token(n_params, mcfg.n_layer, mcfg.n_embd, seq))
+    t0 = time.perf_counter()
+    for s in range(max(args.warmup, 2 if args.stage_compile else 1)):
+        mets, _ = stepper.train_step(s)
+        if s == 0:
+            b.first_loss, b.first_step_s = float(mets["loss/train"]), time.perf_counter() - t0
+    sync(base.device)
+    b.next_step = max(args.warmup, 2 if args.stage_compile else 1)
+    b.tokens_per_step = sum(real_tokens(stage, data.batch(s, 0)) for s in range(8)) / 8
+    return b
+
+
+def estimated_peak(profile: str, stage: str, path: str, batch: int) -> float | None:
+    """GiB of tensors at the step's peak (memory.py, fake tensors); None where it does not model
+    the path (the previous DPO step with its live reference)."""
+    if stage == "dpo" and path != "stored":
+        return None
+    mcfg, cfgs = stage_settings(profile)
+    return memory.measure_step(stage, mcfg, cfgs[stage], batch, fused_head=path != "old").peak / memory.GIB
+
+
+def measure_stages(profile: str, stages: list[str], args, base: Runtime) -> dict[str, dict]:
+    benches = [build_stage(profile, st, path, args, base) for st in stages for path in STAGE_VARIANTS[st]]
+    for _ in range(args.repeats):
+        for b in benches:
+            time_block(b, args.steps, base.device)
+    rows = {}
+    for b in benches:
+        stage, path = b.variant.split("-")
+        rows[b.variant] = {"profile": profile, "variant": b.variant, "batch": b.batch, "seq": b.seq,
+                           "step_s": b.best_step_s, "tok_s": b.tokens_per_step / b.best_step_s,
+                           "first_loss": b.first_loss, "load_average_1m": b.load,
+                           "estimated_peak_gib": estimated_peak(profile, stage, path, b.batch)}
+        if base.is_cuda:
+            rows[b.variant]["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return rows
+
+
+def stage_ratios(rows: dict) -> dict[str, float]:
+    pairs = {"pretrain_new_vs_old": ("pretrain-new", "pretrain-old"), "sft_new_vs_old": ("sft-new", "sft-old"),
+             "dpo_stored_vs_old": ("dpo-stored", "dpo-old"), "dpo_stored_vs_live": ("dpo-stored", "dpo-live")}
+    return {name: rows[a]["tok_s"] / rows[b]["tok_s"] for name, (a, b) in pairs.items() if a in rows and b in rows}
+
+
+def print_stage_rows(profile: str, rows: dict, ratios: dict) -> None:
+    for v, r in rows.items():
+        peak = r["estimated_peak_gib"]
+        print(f"{profile:>5} {v:<14} batch {r['batch']} x {r['seq']}  {r['tok_s']:10.1f} tok/s  "
+              f"step {r['step_s'] * 1e3:8.1f} ms  loss@0 {r['first_loss']:.4f}  est. peak "
+              f"{'-' if peak is None else f'{peak:.3f} GiB'}  load {max(r['load_average_1m'])}", flush=True)
+    for name, value in ratios.items():
+        print(f"{profile:>5} {name}: {value:.2f}x", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profiles", default="tiny,124m")
@@ -288,6 +480,10 @@ def main() -> None:
     p.add_argument("--interleave", choices=("auto", "on", "off"), default="auto",
                    help="time variants in interleaved rounds (auto: tiny only, to bound memory)")
     p.add_argument("--device", default=None)
+    p.add_argument("--stages", default="pretrain,sft,dpo", help="stage rows (empty: none)")
+    p.add_argument("--stage-profiles", default=None, help="profiles of the stage rows (CPU default "
+                   "micro,tiny; GPU 124m)")
+    p.add_argument("--stage-compile", action="store_true", help="compile the stage rows (GPU default)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = p.parse_args()
     if args.threads:
@@ -297,7 +493,7 @@ def main() -> None:
     machine = machine_info()
     print(machine_line(machine))
     results: dict[str, dict] = {}
-    for profile in args.profiles.split(","):
+    for profile in [p for p in args.profiles.split(",") if p]:
         rows = measure_profile(profile, variants, args, base)
         for v, r in rows.items():
             extra = ""
@@ -324,6 +520,15 @@ def main() -> None:
             d = abs(rows["core-eager-fp32"]["first_loss"] - rows["hf-eager-fp32"]["first_loss"])
             print(f"{profile:>5} same weights, same batch: |loss_core - loss_hf| at step 0 = {d:.2e}")
         results[profile] = {"variants": rows, "ratios": {k: v for k, v in ratios.items() if v is not None}}
+    stages = [st for st in args.stages.split(",") if st]
+    args.stage_compile = args.stage_compile or base.is_cuda
+    for profile in (args.stage_profiles or ("124m" if base.is_cuda else "micro,tiny")).split(","):
+        if not stages:
+            break
+        rows = measure_stages(profile, stages, args, base)
+        ratios = stage_ratios(rows)
+        print_stage_rows(profile, rows, ratios)
+        results.setdefault("stages", {})[profile] = {"rows": rows, "ratios": ratios}
     print(f"figures: {write_json(args.json, 'benchmarks/train_throughput.py', machine, results)}")
 
 

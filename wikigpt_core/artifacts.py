@@ -134,11 +134,11 @@ def _file_digest(path: Path, algorithm: str) -> str:
 
 
 class ArtifactWriter:
-    """Context manager: `with ArtifactWriter(out, stage="clean", config=...) as w:` write files
-    under `w.dir`, put figures in `w.stats`; on a clean exit the directory is published at `out`
-    with a manifest, unless a complete artifact is already there: that one is kept, and must
-    hold the same bytes (else NotReproduced). On an exception the temp dir is removed and `out`
-    is left as it was."""
+    """Context manager: `with ArtifactWriter(out, stage="cleaned_articles", config=...) as w:`
+    write files under `w.dir`, put figures in `w.stats`; on a clean exit the directory is
+    published at `out` with a manifest, unless a complete artifact is already there: that one is
+    kept, and must hold the same bytes (else NotReproduced). On an exception the temp dir is
+    removed and `out` is left as it was."""
 
     def __init__(self, out: Path, *, stage: str, config: dict[str, Any] | None = None,
                  inputs: dict[str, str] | None = None) -> None:
@@ -246,6 +246,13 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             "Materialize the upstream asset first."
         )
     return json.loads(path.read_text())
+
+
+def manifest_hash(directory: Path) -> str | None:
+    """The content hash a finished artifact's manifest records; None where there is no manifest
+    (not a pipeline artifact, or not finished)."""
+    path = Path(directory) / MANIFEST
+    return json.loads(path.read_text()).get("content_hash", "") if path.is_file() else None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

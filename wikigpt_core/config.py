@@ -85,7 +85,12 @@ class TokenizerConfig:
     """Documents (by id hash, the same rule as the val shard) kept out of training and used
     to measure bytes per token."""
     max_train_chars: int = 0
-    """Stop feeding the trainer after this many characters (0 = the whole corpus)."""
+    """Train on a deterministic sample of about this many characters, spread over the whole
+    corpus (documents chosen by a hash of their id); 0 = the whole corpus. HF's BPE trainer
+    holds every word and pair count in memory, so this bounds its memory and time."""
+    max_memory_gb: float = 48.0
+    """The stage refuses to start when training on its sample is estimated to need more memory
+    than this (`tokenizer_train.estimate_memory_gb`); 0 = no cap."""
 
 
 @dataclass
@@ -131,6 +136,14 @@ class TrainConfig:
     compile: str = "auto"
     """torch.compile of the training forward: auto = on CUDA only; on / off force it (on works
     on CPU too, through inductor and the machine's C compiler)."""
+    compile_mode: str = "default"
+    """torch.compile's mode when compiling: default, or max-autotune-no-cudagraphs (kernels
+    benchmarked while compiling: minutes more, a faster step on long runs). Changes results
+    within bf16 rounding only, so it is not part of the run key."""
+    attention: str = "auto"
+    """SDPA backend tried first for causal attention: auto (cuDNN then flash on Hopper and
+    later, torch's order elsewhere), flash, cudnn, efficient or math. Packed SFT blocks use
+    FlexAttention on CUDA whatever this says. Not part of the run key (bf16 rounding only)."""
     precision: str = "auto"
     """Autocast precision: auto = bf16 on a CUDA GPU that supports it, float32 elsewhere;
     bf16 / fp32 force it on any device (CPU bf16 autocast included). Weights and optimizer
@@ -198,8 +211,6 @@ class TeacherConfig:
 
 
 SCHEMA_FORMATS = ("json_schema", "json_object")
-GGUF_TYPES = ("q8_0", "f16", "f32")
-"""What the GGUF export writes (`ReleaseConfig.gguf_type`)."""
 
 
 @dataclass
@@ -280,8 +291,29 @@ class ReleaseConfig:
     """Hub dataset id where the SFT data is published (named in the model card), if any."""
     preference_dataset_repo: str = ""
     """Hub dataset id where the preference pairs are published, if any."""
-    gguf_type: str = ""
-    """Also ship `<repo_name>-<type>.gguf` for llama.cpp: "q8_0", "f16" or "f32"; "" = none."""
+    gguf: bool = False
+    """Also make the `gguf_release` asset: GGUF files (f16, Q8_0, Q4_K_M) and an Ollama
+    Modelfile for llama.cpp and Ollama, published beside the release as `<repo>-GGUF` and
+    linked from the model card. Off by default: it needs llama-cpp-python (see [gguf])."""
+
+
+@dataclass
+class GGUFConfig:
+    """The `gguf_release` stage. It runs llama.cpp through llama-cpp-python in a separate
+    Python: `$WIKIGPT_LLAMACPP_VENV/bin/python`, else this Python if it imports llama_cpp."""
+
+    ppl_windows: int = 16
+    """Evenly spaced val-shard windows (of the model's context) each file's perplexity is
+    measured on, by llama.cpp and by the release's own weights alike."""
+    decode_tokens: int = 64
+    """Tokens generated greedily per file to measure CPU decode speed (tok/s: one over the
+    median time per token)."""
+    threads: int = 0
+    """llama.cpp CPU threads; 0 = llama-cpp-python's default (half the cores)."""
+    q8_0_ppl_max_ratio: float = 1.01
+    """Q8_0's perplexity stays within this multiple of f16's (a non-blocking check warns)."""
+    q4_k_m_ppl_max_ratio: float = 1.05
+    """Q4_K_M's perplexity stays within this multiple of f16's (a non-blocking check warns)."""
 
 
 @dataclass(frozen=True)
@@ -335,7 +367,8 @@ _RULES: dict[type, dict[str, Range | OneOf]] = {
     DedupConfig: {"num_perm": AT_LEAST_1, "threshold": SHARE_ABOVE_0, "shingle_size": AT_LEAST_1,
                   "lsh_threshold": SHARE_ABOVE_0, "workers": AT_LEAST_0, "batch_docs": AT_LEAST_1},
     TokenizerConfig: {"vocab_size": AT_LEAST_1, "min_frequency": AT_LEAST_0,
-                      "heldout_fraction": SHARE_BELOW_1, "max_train_chars": AT_LEAST_0},
+                      "heldout_fraction": SHARE_BELOW_1, "max_train_chars": AT_LEAST_0,
+                      "max_memory_gb": AT_LEAST_0},
     ShardsConfig: {"val_fraction": SHARE_BELOW_1, "batch_docs": AT_LEAST_1},
     GPTConfig: {"vocab_size": AT_LEAST_1, "block_size": AT_LEAST_1, "n_layer": AT_LEAST_1,
                 "n_head": AT_LEAST_1, "n_embd": AT_LEAST_1, "rope_theta": POSITIVE,
@@ -348,6 +381,8 @@ _RULES: dict[type, dict[str, Range | OneOf]] = {
                   "sample_interval": AT_LEAST_1, "ckpt_interval": AT_LEAST_1,
                   "ckpt_minutes": AT_LEAST_0, "keep_last_k": AT_LEAST_1, "log_interval": AT_LEAST_1,
                   "compile": OneOf(("auto", "on", "off")), "precision": OneOf(("auto", "bf16", "fp32")),
+                  "compile_mode": OneOf(("default", "max-autotune-no-cudagraphs")),
+                  "attention": OneOf(("auto", "flash", "cudnn", "efficient", "math")),
                   "dpo_beta": POSITIVE, "replay_share": SHARE_BELOW_1},
     TeacherConfig: {"backend": OneOf(("offline", "openai")), "launch": OneOf(("none", "skypilot")),
                     "concurrency": AT_LEAST_1, "max_retries": AT_LEAST_0, "timeout_s": POSITIVE,
@@ -369,7 +404,9 @@ _RULES: dict[type, dict[str, Range | OneOf]] = {
                  "ppl_batch_size": AT_LEAST_1, "harness_temperature": AT_LEAST_0,
                  "sft_ppl_limit": POSITIVE, "dpo_ppl_max_ratio": POSITIVE,
                  "lm_eval_limit": AT_LEAST_1, "lm_eval_batch_size": AT_LEAST_1},
-    ReleaseConfig: {"gguf_type": OneOf(("", *GGUF_TYPES))},
+    ReleaseConfig: {},
+    GGUFConfig: {"ppl_windows": AT_LEAST_1, "decode_tokens": AT_LEAST_1, "threads": AT_LEAST_0,
+                 "q8_0_ppl_max_ratio": Range(lo=1), "q4_k_m_ppl_max_ratio": Range(lo=1)},
 }
 
 
@@ -460,6 +497,7 @@ class Settings:
     dpo: TrainConfig
     eval: EvalConfig
     release: ReleaseConfig
+    gguf: GGUFConfig = field(default_factory=GGUFConfig)
 
     def __post_init__(self) -> None:
         # Every value is checked when the settings are built, not when its stage runs hours later.
@@ -478,21 +516,18 @@ class Settings:
             raise ValueError(f"unknown config section {name!r}; known: {sorted(_SECTION_NAMES)}")
         return getattr(self, name)
 
-    def sections_hash(self, names: list[str]) -> str:
-        """Stable short hash of the named sections (part of a stage's code version)."""
-        from wikigpt_core.spec import config_hash
-
-        return config_hash({n: _as_dict(self.section(n)) for n in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"profile": self.profile} | {n: _as_dict(getattr(self, n)) for n in _SECTION_NAMES}
-
 
 _SECTION_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "profile")
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A config section (or GPTConfig) as a plain table: its constructor's fields."""
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
+
+
+TOKENIZER_SAMPLE_CHARS = 2_000_000_000
+"""The 124m / 350m tokenizer's training sample (~10 % of English Wikipedia's text): held-out
+bytes per token has flattened well before it (benchmarks/data_scale.py; README, "Bigger runs")."""
 
 
 def _preset(name: str) -> Settings:
@@ -543,7 +578,8 @@ def _preset(name: str) -> Settings:
             dump=DumpConfig(),
             clean=CleanConfig(),
             dedup=DedupConfig(),
-            tokenizer=TokenizerConfig(vocab_size=model.vocab_size),
+            tokenizer=TokenizerConfig(vocab_size=model.vocab_size,
+                                      max_train_chars=TOKENIZER_SAMPLE_CHARS),
             shards=ShardsConfig(),
             model=model,
             pretrain=TrainConfig(max_steps=7_630, batch_size=pre_batch, grad_accum=pre_accum,

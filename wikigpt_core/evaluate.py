@@ -28,13 +28,8 @@ from wikigpt_core.eval.report import (CHECKPOINTS, build_report, cost_rows, flat
                                       render_markdown, render_table, tables)
 from wikigpt_core.llm.budget import FailureBudget, request_cap
 from wikigpt_core.llm.client import make_client
-from wikigpt_core.llm.judge import Judge
+from wikigpt_core.llm.judge import Judge, judge_text
 from wikigpt_core.llm.labels import is_rule_system, who
-from wikigpt_core.llm.offline import CUT_MARK
-
-
-def _judge_view(r: Reply) -> str:
-    return r.text if r.stopped else f"{r.text} {CUT_MARK}".strip()
 
 
 def _perplexities(models: dict, val_bin: Path, cfg: EvalConfig) -> dict[str, float]:
@@ -55,10 +50,9 @@ def _greedy_replies(models: dict, tok, prompts: list[str], cfg: EvalConfig) -> d
 
 def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str, Path], shards_dir: Path,
              sft_dataset_dir: Path, tokenizer_dir: Path, out: Path, upstream: dict[str, dict] | None = None,
-             cache_dir: Path | None = None, *, base_url: str | None = None,
-             precision: str = "auto") -> StageResult:
-    """`base_url` overrides `teacher_cfg.base_url` for the judge (a launched endpoint). The judge
-    passes stop with TeacherBudgetError, publishing nothing, when too many verdicts fail.
+             cache_dir: Path | None = None, *, precision: str = "auto") -> StageResult:
+    """The judge is the teacher `teacher_cfg` names (a launched endpoint arrives as its
+    `base_url`). The judge passes stop with TeacherBudgetError, publishing nothing, when too many verdicts fail.
     `precision` is the model passes' autocast (`inference_runtime`): "auto" is bf16 on a GPU."""
     from wikigpt_core.model_io import load_model
     from wikigpt_core.tokenizer import WikiTokenizer
@@ -91,7 +85,7 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
 
     # Two pairwise passes, each pair judged in both orders: 4 requests per prompt planned.
     planned = 4 * len(pair_rows)
-    client = make_client(teacher_cfg, cache_dir, base_url=base_url, max_requests=request_cap(teacher_cfg, planned))
+    client = make_client(teacher_cfg, cache_dir, max_requests=request_cap(teacher_cfg, planned))
     budget = FailureBudget("eval_report", teacher_cfg, client, asked=planned, unit="verdicts")
     judge = Judge(client, budget)
     pairwise = {}
@@ -100,7 +94,7 @@ def run_eval(cfg: EvalConfig, teacher_cfg: TeacherConfig, checkpoints: dict[str,
         for r in pair_rows:
             q = r["messages"][0]["content"]
             ref = r.get("answer") if r.get("task") == "qa" else r["messages"][1]["content"]
-            cases.append(PairCase(q, _judge_view(replies[cand][q]), _judge_view(replies[base][q]), ref or ""))
+            cases.append(PairCase(q, judge_text(replies[cand][q]), judge_text(replies[base][q]), ref or ""))
         pairwise[name] = win_tie_loss(judge_debiased(judge, cases))
 
     with rt.autocast():

@@ -6,9 +6,14 @@ onto Hugging Face `LlamaForCausalLM` (q/k/v are the row blocks of `attn.qkv.weig
 uses the "rotate half" pairing i <-> i + head_dim/2), so the HF export needs no permutation.
 
 Extras beyond the course:
-- `KVCache` + `generate(use_cache=True)`: prefill the prompt once, then one token per step.
+- `forward(..., cache=...)` over a `KVCache` (`new_cache`) or a `RaggedKVCache`
+  (`new_ragged_cache`): the prompt is prefilled once, then one token per step; the decoding
+  loop itself lives in `wikigpt_core.generation`.
 - Document masking for packed SFT: `forward(..., doc_ids=...)` blocks attention across
-  example boundaries and restarts RoPE positions at each example.
+  example boundaries and restarts RoPE positions at each example; with a `block_mask` from
+  `doc_attention.document_block_mask` it runs through FlexAttention, else a dense mask.
+- `head="loss"` / `head="token_logps"`: the head and the loss in row chunks
+  (`fused_head`), so training never materialises the (B*T, V) float32 logits.
 """
 from __future__ import annotations
 
@@ -18,9 +23,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wikigpt_core.doc_attention import BlockMask, flex_kernel
+from wikigpt_core.fused_head import IGNORE_INDEX, chunked_cross_entropy, chunked_token_logps
 from wikigpt_core.model_config import GPTConfig
 
-IGNORE_INDEX = -100
+HEADS = ("logits", "loss", "token_logps")
+"""What `GPT.forward` computes after the final norm (see its docstring)."""
 
 
 class RMSNorm(nn.Module):
@@ -154,7 +162,12 @@ class Attention(nn.Module):
             past = cache.pos if mask is None else 0  # a ragged cache always brings its mask
             k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        if mask is not None:
+        if BlockMask is not None and isinstance(mask, BlockMask):
+            assert dropout == 0.0, "FlexAttention has no attention dropout"
+            # Contiguous inputs: inside a compiled graph the CPU lowering of torch <= 2.13 reads
+            # the transposed views with the wrong strides; compiled, RoPE writes them this way.
+            y = flex_kernel()(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=mask)
+        elif mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         elif past == 0 or T == 1:
             # Prefill from an empty cache is plain causal; a single new token sees everything.
@@ -192,18 +205,24 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
-def document_layout(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """From per-position segment ids (B, T) build the attention mask (B, 1, T, T), True =
-    may attend (causal and same segment), and position ids (B, T) restarting at 0 per segment."""
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Position ids (B, T) restarting at 0 at each segment of `doc_ids` (B, T)."""
     B, T = doc_ids.shape
-    same = doc_ids[:, :, None] == doc_ids[:, None, :]
-    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
-    mask = (same & causal).unsqueeze(1)
     idx = torch.arange(T, device=doc_ids.device).expand(B, T)
     starts = torch.ones_like(doc_ids, dtype=torch.bool)
     starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
     seg_start = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=1).values
-    return mask, idx - seg_start
+    return idx - seg_start
+
+
+def document_layout(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From per-position segment ids (B, T) build the dense attention mask (B, 1, T, T), True =
+    may attend (causal and same segment), and the positions of `document_positions`. The
+    reference for FlexAttention's BlockMask, and the path where FlexAttention cannot train."""
+    T = doc_ids.shape[1]
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return (same & causal).unsqueeze(1), document_positions(doc_ids)
 
 
 class GPT(nn.Module):
@@ -249,14 +268,18 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 doc_ids: torch.Tensor | None = None, cache: KVCache | RaggedKVCache | None = None,
-                all_logits: bool = False):
+                all_logits: bool = False, block_mask=None, head: str = "logits"):
         """idx (B, T) token ids; targets (B, T) next-token ids aligned with idx (-100 = ignore).
 
         Returns (logits, loss). With targets: logits (B, T, V) and the mean cross-entropy over
         non-ignored positions (computed in float32). Without: logits of the last position only,
         (B, 1, V), unless `all_logits`. `doc_ids` (B, T) enables document masking for packed
         sequences; `cache` runs incremental decoding (positions continue at `cache.pos`, or per
-        row for a `RaggedKVCache`, whose rows [0, cache.rows) must match idx's batch)."""
+        row for a `RaggedKVCache`, whose rows [0, cache.rows) must match idx's batch).
+        `block_mask` (a FlexAttention BlockMask built from the same doc_ids) replaces the
+        dense document mask. With targets, `head` picks what is computed: "logits" (the
+        above), "loss" (None, the same loss from a chunked head: no whole logits) or
+        "token_logps" ((B, T) float32 log p(target), 0 where ignored; None)."""
         B, T = idx.shape
         ragged = isinstance(cache, RaggedKVCache)
         start = cache.pos if cache is not None and not ragged else 0
@@ -265,7 +288,10 @@ class GPT(nn.Module):
         mask = None
         if doc_ids is not None:
             assert cache is None, "document masking is a training path; no KV cache"
-            mask, pos = document_layout(doc_ids)
+            if block_mask is not None:
+                mask, pos = block_mask, document_positions(doc_ids)
+            else:
+                mask, pos = document_layout(doc_ids)
             cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # (B,1,T,hd)
         elif ragged:
             assert cache.rows == B, f"ragged cache has {cache.rows} rows, the batch {B}"
@@ -284,6 +310,12 @@ class GPT(nn.Module):
         if targets is None:
             logits = self.lm_head(x if all_logits else x[:, -1:, :])  # inference: last only
             return logits, None
+        if head == "loss":
+            return None, chunked_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1))
+        if head == "token_logps":
+            logps = chunked_token_logps(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1))
+            return logps.view(B, T), None
+        assert head == "logits", f"head must be one of {HEADS}, got {head!r}"
         logits = self.lm_head(x)  # (B, T, V)
         loss = token_loss(logits, targets)
         return logits, loss

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wikigpt_core.artifacts import StageResult
+from wikigpt_core.doc_attention import blocks_skipped, document_block_mask, use_flex
 from wikigpt_core.model_io import load_model
 from wikigpt_core.tokenizer import WikiTokenizer
 from wikigpt_core.train.config import derive_max_steps
@@ -60,6 +61,7 @@ def run_sft(train_cfg, base_dir: Path, sft_dataset_dir: Path, tokenizer_dir: Pat
         return objective.evaluate(m, ({k: v.to(dev) for k, v in b.items()} for b in val.eval_batches()))
 
     sample = _chat_sampler(sft_dataset_dir, tok, runtime.device)
+    attention = attention_figures(train_blocks["doc_ids"], runtime.device)
 
     def summarize(state):
         return {"train_loss": state.last.get("loss/train"), "val_loss": state.last.get("loss/val"),
@@ -67,7 +69,7 @@ def run_sft(train_cfg, base_dir: Path, sft_dataset_dir: Path, tokenizer_dir: Pat
                 "loss_fraction": round(pstats.loss_fraction, 6), "end_share": round(pstats.end_share, 6),
                 "examples": pstats.examples, "replay_examples": len(examples) - len(chat),
                 "dropped_too_long": pstats.dropped_too_long,
-                "blocks": pstats.blocks, "tokens_trained": state.tokens,
+                "blocks": pstats.blocks, "tokens_trained": state.tokens, **attention,
                 "tokens_per_s": round(state.tokens / max(state.seconds, 1e-9), 1)}
 
     if runtime.is_main and on_metrics is not None:
@@ -82,6 +84,19 @@ def run_sft(train_cfg, base_dir: Path, sft_dataset_dir: Path, tokenizer_dir: Pat
         out=out, work=work, on_metrics=on_metrics, summarize=summarize,
         tokenizer_dir=Path(tokenizer_dir), evaluate=evaluate,
         sample=sample, flops_per_token=flops_per_token(model.num_params(), cfg.n_layer, cfg.n_embd, block))
+
+
+SKIP_SAMPLE_BLOCKS = 64
+"""Packed blocks whose FlexAttention tiles are counted for the reported skipped share."""
+
+
+def attention_figures(doc_ids, device) -> dict:
+    """How packed blocks attend on `device`: FlexAttention and the share of its tiles skipped
+    (causal and cross-document, over the first SKIP_SAMPLE_BLOCKS blocks), or the dense mask."""
+    if not use_flex(device):
+        return {"attention_kernel": "dense-mask"}
+    mask = document_block_mask(doc_ids[:SKIP_SAMPLE_BLOCKS].to(device))
+    return {"attention_kernel": "flex", "attention_blocks_skipped": round(blocks_skipped(mask), 4)}
 
 
 def with_replay(chat: list[tuple[list[int], list[int]]], share: float, shards_dir: Path | None,

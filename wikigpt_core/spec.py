@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wikigpt_core.artifacts import MANIFEST, read_manifest
+from wikigpt_core.artifacts import MANIFEST, manifest_hash, read_manifest
 from wikigpt_core.config import section_from_dict
 
 SPEC_FORMAT = 1
@@ -62,10 +62,10 @@ def input_hash(path: Path) -> str | None:
     bytes (a directory built by hand and passed with --input). None if it does not exist."""
     from wikigpt_core.artifacts import content_hash
 
-    path = Path(path)
-    if (path / MANIFEST).is_file():
-        return read_manifest(path).get("content_hash")
-    return content_hash(path) if path.is_dir() else None
+    recorded = manifest_hash(path)
+    if recorded is not None:
+        return recorded
+    return content_hash(path) if Path(path).is_dir() else None
 
 
 def verify_input_bytes(name: str, path: Path) -> None:

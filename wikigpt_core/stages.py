@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from wikigpt_core.artifacts import StageResult
-from wikigpt_core.config import Settings, _as_dict, artifact_dir, version_dir, work_dir
+from wikigpt_core.checkpoints import CHECKPOINT_ASSETS
+from wikigpt_core.config import Settings, artifact_dir, as_dict, version_dir, work_dir
 from wikigpt_core.spec import ArtifactRef, SpecError, StageSpec, code_version, input_hash
 
 
@@ -50,6 +51,12 @@ class Stage:
     """Name of the preview function in `wikigpt_pipeline.previews` shown on the asset page."""
     automation: bool = False
     """Opt-in eager automation (data stages below the dump)."""
+    reads_dump: bool = False
+    """Fed by the Wikipedia dump from outside the pipeline: the dump's identity is part of its
+    version, and its asset depends on the observable dump source."""
+    enabled_by: str = ""
+    """`section.field` of a boolean setting that switches the stage on; "" = always on. A stage
+    switched off is not in the definitions: `wikigpt run` neither runs nor shows it."""
 
     @property
     def description(self) -> str:
@@ -146,9 +153,6 @@ def _dpo_checkpoint(spec: StageSpec, rep) -> StageResult:
                    spec.work, on_metrics=rep.metrics)
 
 
-CHECKPOINTS = {"base": "base_checkpoint", "sft": "sft_checkpoint", "dpo": "dpo_checkpoint"}
-
-
 def _eval_report(spec: StageSpec, rep) -> StageResult:
     """report.md + report.json: val perplexity, debiased pairwise wins, the judge-free harness
     and the prompt gallery, for base, SFT and DPO (docs/reference.md, "Evaluation")."""
@@ -157,7 +161,7 @@ def _eval_report(spec: StageSpec, rep) -> StageResult:
     upstream = {name: spec.manifest(name).get("stats", {}) for name in EVAL_INPUTS}
     sft = spec.input("sft_checkpoint")
     return run_eval(spec.section("eval"), _teacher(spec),
-                    {short: spec.input(name) for short, name in CHECKPOINTS.items()},
+                    {short: spec.input(name) for short, name in CHECKPOINT_ASSETS.items()},
                     spec.input("token_shards"), spec.input("sft_dataset"), sft, spec.out,
                     upstream=upstream, cache_dir=spec.work / "teacher_cache")
 
@@ -170,7 +174,17 @@ def _hf_release(spec: StageSpec, rep) -> StageResult:
     lineage = {name: {"stats": m.get("stats", {}), "content_hash": m["content_hash"]}
                for name in spec.lineage for m in [spec.manifest(name)]}
     return run_release(spec.section("release"), spec.input("dpo_checkpoint"), spec.input("tokenizer"),
-                       spec.input("eval_report"), spec.out, lineage)
+                       spec.input("eval_report"), spec.out, lineage, profile=spec.profile)
+
+
+def _gguf_release(spec: StageSpec, rep) -> StageResult:
+    """GGUF files of the release for llama.cpp and Ollama (f16, Q8_0, and llama.cpp's Q4_K_M)
+    with an Ollama Modelfile; each file's val perplexity, size and CPU decode speed measured
+    through llama.cpp. Needs llama-cpp-python; on with `[release] gguf = true`."""
+    from wikigpt_core.release.gguf_release import run_gguf_release
+
+    return run_gguf_release(spec.section("gguf"), spec.input("hf_release"), spec.input("token_shards"),
+                            spec.out, {name: ref.content_hash for name, ref in spec.inputs.items()})
 
 
 def _teacher(spec: StageSpec):
@@ -182,12 +196,13 @@ def _teacher(spec: StageSpec):
     return dataclasses.replace(cfg, base_url=url, backend="openai") if url else cfg
 
 
-EVAL_INPUTS = (*CHECKPOINTS.values(), "token_shards", "sft_dataset")
+EVAL_INPUTS = (*CHECKPOINT_ASSETS.values(), "token_shards", "sft_dataset")
 _TRAINING = dict(group="training", kinds=("pytorch", "safetensors"), launched=True, gpu=True,
                  preview="training")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("wiki_dump", _wiki_dump, (), ("dump",), "1", "data", ("bz2",), network=True),
+    Stage("wiki_dump", _wiki_dump, (), ("dump",), "1", "data", ("bz2",), network=True,
+          reads_dump=True),
     Stage("cleaned_articles", _cleaned_articles, ("wiki_dump",), ("clean",), "1", "data",
           ("parquet",), preview="articles", automation=True),
     Stage("deduped_corpus", _deduped_corpus, ("cleaned_articles",), ("dedup",), "1", "data",
@@ -210,11 +225,26 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("eval_report", _eval_report, EVAL_INPUTS, ("eval", "teacher"), "2", "evaluation",
           ("markdown", "json"), launched=True, task="eval", gpu=True, network=True, teacher=True,
           preview="eval_report"),
-    Stage("hf_release", _hf_release, ("dpo_checkpoint", "tokenizer", "eval_report"), ("release",), "2",
+    Stage("hf_release", _hf_release, ("dpo_checkpoint", "tokenizer", "eval_report"), ("release",), "3",
           "release", ("huggingface",), network=True, preview="model_card"),
+    Stage("gguf_release", _gguf_release, ("hf_release", "token_shards"), ("gguf",), "1", "release",
+          ("gguf",), network=True, preview="gguf_files", enabled_by="release.gguf"),
 ]}
 ASSET_NAMES = tuple(STAGES)
 """Every asset, in the order the pipeline runs them."""
+
+
+def is_enabled(stage: Stage, settings: Settings) -> bool:
+    """Whether the settings switch the stage on (see `Stage.enabled_by`)."""
+    if not stage.enabled_by:
+        return True
+    section, field_name = stage.enabled_by.split(".")
+    return bool(getattr(settings.section(section), field_name))
+
+
+def asset_names(settings: Settings) -> tuple[str, ...]:
+    """The assets these settings define (every one in ASSET_NAMES that is switched on)."""
+    return tuple(name for name in ASSET_NAMES if is_enabled(STAGES[name], settings))
 
 
 def get_stage(name: str) -> Stage:
@@ -237,7 +267,7 @@ def ancestors(name: str) -> tuple[str, ...]:
 
 def fingerprint(stage: Stage, settings: Settings) -> str:
     """The identity of what a source stage reads from outside the pipeline (the dump)."""
-    if stage.name != "wiki_dump":
+    if not stage.reads_dump:
         return ""
     from wikigpt_core.data.dump import static_fingerprint
 
@@ -247,7 +277,7 @@ def fingerprint(stage: Stage, settings: Settings) -> str:
 
 
 def config_tables(stage: Stage, settings: Settings) -> dict[str, dict]:
-    return {name: _as_dict(settings.section(name)) for name in stage.sections}
+    return {name: as_dict(settings.section(name)) for name in stage.sections}
 
 
 def stage_code_version(stage: Stage, settings: Settings, fingerprint_: str | None = None) -> str:

@@ -37,7 +37,7 @@ from wikigpt_core.version_lock import version_lock
 from wikigpt_pipeline import previews
 from wikigpt_pipeline.automation import data_eager
 from wikigpt_pipeline.dump_source import DUMP_SOURCE, identity_for_run
-from wikigpt_pipeline.metadata import materialize_result, to_metadata
+from wikigpt_pipeline.metadata import PATH_KEY, materialize_result, to_metadata
 from wikigpt_pipeline.progress import PROGRESS, StageProgress
 from wikigpt_pipeline.retries import retry_transient_only
 
@@ -80,7 +80,7 @@ def published_intact(context: dg.AssetExecutionContext, spec: StageSpec) -> dict
 
 
 def cache_hit(spec: StageSpec, manifest: dict) -> dg.MaterializeResult:
-    metadata = {"path": dg.MetadataValue.path(str(spec.out)), **to_metadata(manifest.get("stats", {}))}
+    metadata = {PATH_KEY: dg.MetadataValue.path(str(spec.out)), **to_metadata(manifest.get("stats", {}))}
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(manifest["content_hash"]))
 
 
@@ -118,12 +118,11 @@ def services(context: dg.AssetExecutionContext, stage: Stage, settings: Settings
 
 def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
     fp = fingerprint(stage, settings)  # local, no network: the dump name or a local file's stat
-    reads_dump = stage.name == "wiki_dump"  # the one stage fed by the observable dump source
     needs_launcher = stage.launched or stage.teacher
 
     @dg.asset(
         name=stage.name,
-        deps=list(stage.inputs) + ([DUMP_SOURCE] if reads_dump else []),
+        deps=list(stage.inputs) + ([DUMP_SOURCE] if stage.reads_dump else []),
         code_version=stage_code_version(stage, settings, fp),
         group_name=stage.group,
         description=stage.description,
@@ -134,8 +133,8 @@ def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
         required_resource_keys={"launcher"} if needs_launcher else None,
     )
     def _asset(context) -> dg.MaterializeResult:  # context: AssetExecutionContext
-        # wiki_dump: the observed dump's identity (date + SHA-1s) names its version
-        run_fp = identity_for_run(context, settings.dump) if reads_dump else fp
+        # A dump-fed stage: the observed dump's identity (date + SHA-1s) names its version
+        run_fp = identity_for_run(context, settings.dump) if stage.reads_dump else fp
         recompute = context.run.tags.get(RECOMPUTE_TAG) == "true"
         spec = dataclasses.replace(resolve_spec(settings, stage.name, fingerprint_=run_fp), recompute=recompute)
         figures: dict = {}  # what the run's services cost (a rented teacher)
@@ -160,7 +159,7 @@ def stage_asset(settings: Settings, stage: Stage) -> dg.AssetsDefinition:
             raise
         point_current(spec.out)
         PROGRESS.info(f"{stage.name:<20} {'cache hit' if hit else 'done'} in {time.monotonic() - t0:.1f}s")
-        metadata = {**(result.metadata or {}), "path": dg.MetadataValue.path(str(spec.out)),
+        metadata = {**(result.metadata or {}), PATH_KEY: dg.MetadataValue.path(str(spec.out)),
                     "version": spec.version, "cache_hit": hit, **figures,
                     **_previews(context, stage, spec.out)}
         return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)

@@ -12,6 +12,9 @@ import dagster as dg
 
 from wikigpt_core.artifacts import StageResult
 
+PATH_KEY = "path"
+"""A materialization's metadata entry naming the version folder it recorded (checks read it)."""
+
 
 def to_metadata(stats: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -76,7 +79,7 @@ def _md_escape(text: str) -> str:
 
 def materialize_result(result: StageResult, extra: dict[str, Any] | None = None) -> dg.MaterializeResult:
     """Metadata (`path` first, then the stage's figures) and DataVersion = artifact content hash."""
-    metadata = {"path": dg.MetadataValue.path(str(Path(result.path)))}
+    metadata = {PATH_KEY: dg.MetadataValue.path(str(Path(result.path)))}
     metadata |= to_metadata(result.stats)
     metadata |= extra or {}
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(result.content_hash))

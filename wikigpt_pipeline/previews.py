@@ -119,3 +119,9 @@ def model_card(path: Path) -> dict[str, dg.MetadataValue]:
 def training(path: Path) -> dict[str, dg.MetadataValue]:
     """A checkpoint's page: its loss curve (and DPO's reward chart) and its sample generations."""
     return {**loss_curve(path), **training_samples(path)}
+
+
+def gguf_files(path: Path) -> dict[str, dg.MetadataValue]:
+    """The GGUF release's page: its measured table (run record) and its Modelfile."""
+    return {"quantization": _md((path / "run" / "quantization.md").read_text()),
+            "modelfile": _md("```\n" + (path / "Modelfile").read_text() + "```")}

@@ -1,16 +1,14 @@
 """Build the Definitions for a given Settings (tests build their own with changed config)."""
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from wikigpt_core.config import Settings
 from wikigpt_pipeline.assets import build_assets
 from wikigpt_pipeline.checks import build_checks
 from wikigpt_pipeline.dump_source import build_dump_sensor, build_dump_source
-from wikigpt_pipeline.launchers import ComputeLauncher
 from wikigpt_pipeline.jobs import eval_refresh_job, eval_refresh_schedule, pipeline_job
+from wikigpt_pipeline.launchers import launcher_from_env
 from wikigpt_pipeline.sensors import report_run_failure
 
 
@@ -21,7 +19,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=[pipeline_job, eval_refresh_job],
         schedules=[eval_refresh_schedule()],
         sensors=[report_run_failure, build_dump_sensor(settings)],
-        # GPU stages run where the launcher says: `local` (default) or `skypilot`
-        # (WIKIGPT_LAUNCHER=skypilot, or the resource config in the UI launchpad).
-        resources={"launcher": ComputeLauncher(backend=os.environ.get("WIKIGPT_LAUNCHER", "local"))},
+        # Launched stages run where the launcher says: LocalLauncher (default) or
+        # SkyPilotLauncher (WIKIGPT_LAUNCHER=skypilot); the Launchpad edits its fields per run.
+        resources={"launcher": launcher_from_env()},
     )

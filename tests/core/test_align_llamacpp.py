@@ -133,9 +133,8 @@ def _record_trip(name: str, e: TeacherBudgetError) -> None:
 
 @pytest.fixture(scope="module")
 def sft(corpus, teacher_served):
-    # The stage's own teacher_cfg.base_url is a dead port: the base_url override is what is used.
-    res = run_sft_data(SUCCESS, _trained(), corpus / "corpus", corpus / "sft_dataset", corpus / "cache",
-                       base_url=teacher_served.url)
+    res = run_sft_data(SUCCESS, _trained(base_url=teacher_served.url), corpus / "corpus",
+                       corpus / "sft_dataset", corpus / "cache")
     return corpus / "sft_dataset", res
 
 
@@ -165,9 +164,9 @@ def test_sft_dataset_from_a_real_server_within_budget(corpus, sft):
 
 def test_sft_dataset_with_default_filters_trips_the_budget(corpus, served, tmp_path):
     out = tmp_path / "sft_strict"
-    teacher = _teacher()
+    teacher = _teacher(base_url=served.url)
     with pytest.raises(TeacherBudgetError) as e:
-        run_sft_data(STRICT, teacher, corpus / "corpus", out, tmp_path / "cache", base_url=served.url)
+        run_sft_data(STRICT, teacher, corpus / "corpus", out, tmp_path / "cache")
     msg = str(e.value)
     assert msg.startswith("sft_dataset: stopped by the teacher failure budget:")
     assert "Commonest failure reasons: " in msg and "(e.g. '" in msg and "Nothing was published" in msg
@@ -186,8 +185,8 @@ EVAL = EvalConfig(ppl_batches=1, ppl_batch_size=1, harness_n=2, pairwise_n=2, ma
 
 
 def test_preferences_and_judge_from_a_real_server_within_budget(corpus, teacher_served, sft):
-    res = run_preferences(PREF, _trained(), corpus / "checkpoint", sft[0], corpus / "tokenizer",
-                          corpus / "prefs", corpus / "cache", base_url=teacher_served.url)
+    res = run_preferences(PREF, _trained(base_url=teacher_served.url), corpus / "checkpoint", sft[0],
+                          corpus / "tokenizer", corpus / "prefs", corpus / "cache")
     s = res.stats
     _record("preference_dataset success", s, PREF.n_prompts)
     assert s["pairs"] >= PREF.min_pairs and s["pairs_false_premise"] == 2
@@ -199,8 +198,8 @@ def test_preferences_and_judge_from_a_real_server_within_budget(corpus, teacher_
     assert "the language model `wikigpt-teacher-llamacpp`" in (corpus / "prefs" / "README.md").read_text()
 
     ckpts = {"base": corpus / "base", "sft": corpus / "checkpoint", "dpo": corpus / "dpo"}
-    rep = run_eval(EVAL, _trained(), ckpts, corpus / "shards", sft[0], corpus / "tokenizer", corpus / "report",
-                   cache_dir=corpus / "cache", base_url=teacher_served.url)
+    rep = run_eval(EVAL, _trained(base_url=teacher_served.url), ckpts, corpus / "shards", sft[0],
+                   corpus / "tokenizer", corpus / "report", cache_dir=corpus / "cache")
     e = rep.stats
     n = e["pairwise_prompts"]
     _record("eval_report judge success", e, 4 * n, prefix="judge_")
@@ -217,12 +216,11 @@ def test_preferences_and_judge_from_a_real_server_within_budget(corpus, teacher_
 
 def test_judge_without_the_schema_trips_the_budget_and_publishes_nothing(corpus, served, sft, tmp_path):
     # Plain JSON mode: the server still emits JSON, but not the fields a verdict needs.
-    teacher = _teacher(json_schema=False, max_tokens=48, min_failures=3)
+    teacher = _teacher(json_schema=False, max_tokens=48, min_failures=3, base_url=served.url)
     out = tmp_path / "prefs"
     with pytest.raises(TeacherBudgetError, match=r"preference_dataset: stopped by the teacher failure budget: "
                                                  r".*bad_reply x\d+ \(e\.g\. .*Nothing was published") as e:
-        run_preferences(PREF, teacher, corpus / "checkpoint", sft[0], corpus / "tokenizer", out, tmp_path / "cache",
-                        base_url=served.url)
+        run_preferences(PREF, teacher, corpus / "checkpoint", sft[0], corpus / "tokenizer", out, tmp_path / "cache")
     assert 0 < e.value.requests <= request_cap(teacher, 2 * 2 + 2)
     _record_trip("preference_dataset trip", e.value)
     assert not out.exists() and not list(tmp_path.glob(".prefs.tmp-*"))
@@ -231,7 +229,7 @@ def test_judge_without_the_schema_trips_the_budget_and_publishes_nothing(corpus,
     report = tmp_path / "report"
     with pytest.raises(TeacherBudgetError, match=r"eval_report: stopped by the teacher failure budget: .*bad_reply") as e:
         run_eval(EVAL, teacher, ckpts, corpus / "shards", sft[0], corpus / "tokenizer", report,
-                 cache_dir=tmp_path / "cache", base_url=served.url)
+                 cache_dir=tmp_path / "cache")
     _record_trip("eval_report judge trip", e.value)
     assert not report.exists() and not list(tmp_path.glob(".report.tmp-*"))
 
@@ -240,7 +238,7 @@ def test_a_client_error_from_the_real_server_is_not_retried(served):
     """A prompt longer than the served context is a 4xx from llama.cpp: failed at once, not retried."""
     from wikigpt_core.llm.prompts import judge_request
 
-    client = make_client(_teacher(max_retries=3), None, base_url=served.url)
+    client = make_client(_teacher(max_retries=3, base_url=served.url), None)
     long = " ".join(["mathematician"] * 4 * N_CTX)
     (result,) = client.complete_many([judge_request(long, "a", "b")], kinds=["judge"])
     assert client.usage.requests == 1 and client.usage.retries == 0 and client.usage.failures == 1
@@ -252,7 +250,7 @@ def test_a_response_format_the_server_does_not_take_names_the_setting(served):
     form with HTTP 500): the failure says which teacher setting to change."""
     from wikigpt_core.llm.prompts import judge_request
 
-    client = make_client(_teacher(schema_format="json_schema", max_retries=0), None, base_url=served.url)
+    client = make_client(_teacher(schema_format="json_schema", max_retries=0, base_url=served.url), None)
     (result,) = client.complete_many([judge_request("Is the sky blue?", "Yes.", "No.")], kinds=["judge"])
     assert isinstance(result, TeacherError) and client.usage.requests == 1
     assert "response_format" in str(result) and "teacher.schema_format = 'json_object'" in str(result)

@@ -12,8 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import test_release_support as support  # noqa: E402
 
 from tests.core.train_support import greedy_recompute  # noqa: E402
-from wikigpt_core.chat import render_prompt  # noqa: E402
-from wikigpt_core.generation import (BatchDecoder, SamplingParams, Sequence, StopText,  # noqa: E402
+from wikigpt_core.chat import ChatFormatError, render_prompt  # noqa: E402
+from wikigpt_core.generation import (STOP_IDS, BatchDecoder, SamplingParams, Sequence, StopText,  # noqa: E402
+                                     TokenLogprob,
                                      crop_conversation, generate_chat, prompt_budget, stop_ids)
 from wikigpt_core.generation.packed import PackedLinear, decode_view, packing_available  # noqa: E402
 from wikigpt_core.model import GPT, GPTConfig  # noqa: E402
@@ -226,6 +227,49 @@ def test_crop_cuts_a_single_huge_turn_keeping_its_user_marker(tok):
     full = render_prompt(msgs, tok)
     assert ids == full[:1] + full[-31:] and ids[0] == tok.user_id and ids[-1] == tok.assistant_id
     assert cropped == len(full) - 32
+
+
+SYSTEM = {"role": "system", "content": "You answer in one short sentence."}
+
+
+def test_crop_keeps_the_system_text_in_the_first_kept_turn(tok):
+    long = "The history of the encyclopedia began in 2001. " * 3
+    msgs = [SYSTEM]
+    for i in range(5):
+        msgs += [{"role": "user", "content": f"{i} {long}"}, {"role": "assistant", "content": long}]
+    msgs.append({"role": "user", "content": "Last question?"})
+    kept = [SYSTEM, *msgs[-3:]]  # the system text folds into the first turn that remains
+    ids, cropped = crop_conversation(msgs, tok, len(render_prompt(kept, tok)) + 1)
+    assert ids == render_prompt(kept, tok)
+    assert cropped == len(render_prompt(msgs, tok)) - len(ids)
+
+
+def test_crop_cuts_the_question_not_the_system_text(tok):
+    msgs = [SYSTEM, {"role": "user", "content": "word " * 500 + "the end?"}]
+    ids, _ = crop_conversation(msgs, tok, budget=32)
+    system = tok.encode(SYSTEM["content"])
+    assert len(ids) == 32 and ids[1:1 + len(system)] == system and ids[-1] == tok.assistant_id
+    with pytest.raises(ChatFormatError, match="system message"):
+        crop_conversation([{**SYSTEM, "content": "Be brief. " * 50}, msgs[1]], tok, budget=32)
+
+
+def test_stop_string_and_stop_token_logprobs_stay_out_of_the_drained_ones(tok):
+    """What `drain()` hands out is what the text shows: not the stop string's tokens, not the
+    final stop token (kept apart in `stop_logprob`), not a trailing partial character."""
+    text = "Paris is the capital"
+    seq = Sequence([tok.user_id], SamplingParams(stop=(" the",), logprobs=True), tok)
+    for t in tok.encode(text):
+        seq._accept(t, TokenLogprob(t, -1.0, []), STOP_IDS, block=1000)
+        if seq.finish_reason:
+            break
+    shown, logprobs = seq.drain()
+    assert shown == "Paris is" and tok.decode([lp.token_id for lp in logprobs]) == "Paris is"
+    ended = Sequence([tok.user_id], SamplingParams(logprobs=True), tok)
+    for t in [*tok.encode("Aé")[:-1], tok.end_id]:  # é cut in half, then <|end|>
+        ended._accept(t, TokenLogprob(t, -1.0, []), STOP_IDS, block=1000)
+    shown, logprobs = ended.drain()
+    assert shown == "A" and [lp.token_id for lp in logprobs] == tok.encode("A")
+    assert ended.stop_logprob.token_id == tok.end_id and len(ended.unshown_logprobs) == 1
 
 
 def test_prompt_budget_leaves_room_but_keeps_a_quarter():

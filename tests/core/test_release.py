@@ -124,7 +124,7 @@ def test_model_card_filled_from_lineage(built):
 def test_run_manifest(built):
     m = json.loads((built[0] / "run_manifest.json").read_text())
     assert set(m) >= {"git", "packages", "hardware", "profile", "checkpoints"}
-    assert m["profile"] == "tiny"  # from $WIKIGPT_HOME/<profile>/hf_release
+    assert m["profile"] == "tiny"  # the profile run_release was given
     assert m["packages"]["torch"] == importlib.metadata.version("torch")
     dpo_hash = content_hash(built[0].parent.parent / "release_dpo")
     assert {k: v["content_hash"] for k, v in m["checkpoints"].items()} == {
@@ -248,5 +248,5 @@ def test_release_refuses_inputs_that_do_not_match_lineage(built, tmp_path):
     lineage["dpo_checkpoint"]["content_hash"] = "0" * 64  # metadata of another training run
     with pytest.raises(LineageMismatch, match="dpo_checkpoint"):
         run_release(ReleaseConfig(), dpo, release, release.parent.parent / "release_eval",
-                    tmp_path / "tiny" / "out", lineage)
+                    tmp_path / "tiny" / "out", lineage, profile="tiny")
     assert not (tmp_path / "tiny" / "out").exists()

@@ -148,21 +148,30 @@ def test_interleave_rows_turns_rotate_half_into_adjacent_pairs():
     assert interleave_rows(w, 1)[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
 
 
-def test_release_stage_ships_a_gguf_when_configured(release):
+def test_release_card_points_at_the_gguf_files_when_they_are_made(release):
     import dataclasses
 
     from wikigpt_core.config import ReleaseConfig
     from wikigpt_core.model_io import save_model
     from wikigpt_core.release import run_release
+    from wikigpt_core.release.model_card import render_model_card
 
     rel, model, tmp = release
     save_model(model, tmp / "dpo")
-    cfg = dataclasses.replace(ReleaseConfig(repo_name="wikigpt-tiny-instruct"), gguf_type="q8_0")
-    result = run_release(cfg, tmp / "dpo", rel, tmp / "release_eval", tmp / "tiny" / "with_gguf",
-                         support.lineage_for(tmp / "dpo", rel, tmp / "release_eval"))
-    shipped = result.path / "wikigpt-tiny-instruct-q8_0.gguf"
-    assert shipped.exists() and result.stats["files"] == 10
-    assert gguf.GGUFReader(shipped).fields["general.architecture"].contents() == "llama"
+    lineage = support.lineage_for(tmp / "dpo", rel, tmp / "release_eval")
+    cards = {}
+    for gguf_on in (False, True):
+        cfg = dataclasses.replace(ReleaseConfig(repo_name="wikigpt-tiny-instruct"), gguf=gguf_on)
+        out = run_release(cfg, tmp / "dpo", rel, tmp / "release_eval", tmp / "tiny" / f"gguf_{gguf_on}",
+                          lineage, profile="tiny").path
+        assert not list(out.glob("*.gguf"))  # GGUF files are the gguf_release asset's, not here
+        cards[gguf_on] = (out / "README.md").read_text()
+    assert "GGUF" not in cards[False]
+    assert "`wikigpt-tiny-instruct-GGUF` (the `gguf_release` asset; not published)" in cards[True]
+    published = render_model_card(repo_name="wikigpt-tiny-instruct", model_cfg=model.config, params=1,
+                                  lineage=lineage, report=support.REPORT, datasets=[],
+                                  hub_id="acme/wikigpt-tiny-instruct", gguf=True)
+    assert "[acme/wikigpt-tiny-instruct-GGUF](https://huggingface.co/acme/wikigpt-tiny-instruct-GGUF)" in published
 
 
 def test_llama_cpp_runs_the_export_like_the_core_model(tmp_path):

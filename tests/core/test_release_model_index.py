@@ -36,7 +36,7 @@ def _release(tmp: Path, model, tok_dir: Path, name: str, lm_eval: LmEvalOutcome 
         (eval_dir / LM_EVAL_FILE).write_text(json.dumps(lm_eval.to_json()))
     out = tmp / "tiny" / name
     return run_release(ReleaseConfig(repo_name="wikigpt-tiny-instruct"), dpo, tok_dir, eval_dir, out,
-                       support.lineage_for(dpo, tok_dir, eval_dir)).path
+                       support.lineage_for(dpo, tok_dir, eval_dir), profile="tiny").path
 
 
 @pytest.fixture(scope="module")

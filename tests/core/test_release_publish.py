@@ -30,7 +30,9 @@ REPO = "acme/wikigpt-tiny-instruct"
 class FakeHub:
     """Just enough of the Hub API for upload_folder + snapshot_download of regular files."""
 
-    def __init__(self, *, corrupt: str | None = None, reject_auth: bool = False) -> None:
+    def __init__(self, *, corrupt: str | None = None, reject_auth: bool = False,
+                 repo: str = REPO) -> None:
+        self.repo = repo
         self.files: dict[str, bytes] = {}
         self.card_metadata: dict | None = None
         self.sha = "0" * 40
@@ -64,9 +66,9 @@ class FakeHub:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 if hub.reject_auth:
                     return self._json({"error": "Invalid credentials in Authorization header"}, 401)
-                api = f"/api/models/{REPO}"
+                api = f"/api/models/{hub.repo}"
                 if method == "POST" and path == "/api/repos/create":
-                    return self._json({"url": f"{hub.url}/{REPO}", "name": REPO})
+                    return self._json({"url": f"{hub.url}/{hub.repo}", "name": hub.repo})
                 if method == "POST" and path == "/api/validate-yaml":
                     # The real Hub checks the model card's front matter before accepting it.
                     content = json.loads(body)["content"]
@@ -85,15 +87,15 @@ class FakeHub:
                         if item["key"] == "file":
                             hub.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
                     hub.sha = hashlib.sha1(json.dumps(sorted(hub.files)).encode() + body).hexdigest()
-                    return self._json({"commitUrl": f"{hub.url}/{REPO}/commit/{hub.sha}",
+                    return self._json({"commitUrl": f"{hub.url}/{hub.repo}/commit/{hub.sha}",
                                        "commitOid": hub.sha, "pullRequestUrl": None})
                 if method == "GET" and path.startswith(f"{api}/revision/"):
-                    return self._json({"id": REPO, "sha": hub.sha, "private": True,
+                    return self._json({"id": hub.repo, "sha": hub.sha, "private": True,
                                        "siblings": [{"rfilename": p} for p in sorted(hub.files)]})
                 if method == "GET" and path.startswith(f"{api}/tree/"):
                     return self._json([{"type": "file", "path": p, "size": len(b),
                                         "oid": hashlib.sha1(b).hexdigest()} for p, b in sorted(hub.files.items())])
-                prefix = f"/{REPO}/resolve/"
+                prefix = f"/{hub.repo}/resolve/"
                 if method in ("GET", "HEAD") and path.startswith(prefix):
                     name = path[len(prefix):].split("/", 1)[1]
                     if name not in hub.files:

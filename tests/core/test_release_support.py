@@ -160,7 +160,7 @@ def build_release(tmp: Path, model: GPT, tokenizer_dir: Path, name: str = "relea
     (eval_dir / "report.json").write_text(json.dumps(REPORT))
     out = tmp / "tiny" / name
     result = run_release(ReleaseConfig(repo_name="wikigpt-tiny-instruct"), dpo, tokenizer_dir,
-                         eval_dir, out, lineage_for(dpo, tokenizer_dir, eval_dir))
+                         eval_dir, out, lineage_for(dpo, tokenizer_dir, eval_dir), profile="tiny")
     return result.path
 
 

@@ -11,7 +11,7 @@ import pytest
 from wikigpt_core.artifacts import ArtifactWriter, point_current
 from wikigpt_core.config import apply_overrides, load_settings, section_type
 from wikigpt_core.spec import SpecError, StageSpec
-from wikigpt_core.stages import ASSET_NAMES, STAGES, ancestors, resolve_spec, stage_code_version
+from wikigpt_core.stages import ASSET_NAMES, STAGES, ancestors, asset_names, resolve_spec, stage_code_version
 
 
 def test_registry_is_a_dag_in_pipeline_order_over_known_sections():
@@ -24,8 +24,14 @@ def test_registry_is_a_dag_in_pipeline_order_over_known_sections():
         assert stage.description, f"{name} has no description"
         assert bool(stage.task) == stage.launched
         seen.add(name)
-    assert len(ASSET_NAMES) == 12
+    assert len(ASSET_NAMES) == 13
     assert ancestors("tokenizer") == ("wiki_dump", "cleaned_articles", "deduped_corpus")
+
+
+def test_a_switched_off_stage_is_not_among_the_assets():
+    settings = load_settings("tiny", env=False)
+    assert asset_names(settings) == tuple(n for n in ASSET_NAMES if n != "gguf_release")
+    assert asset_names(apply_overrides(settings, {"release": {"gguf": True}})) == ASSET_NAMES
 
 
 def test_code_version_follows_exactly_the_declared_sections():

@@ -194,7 +194,7 @@ def test_one_graph_and_no_recompiles_after_the_first_step(stage, request):
     assert compiled.graphs_later == 0, compiled
 
 
-def test_dpo_keeps_static_shapes_only_when_compiled(tok, tmp_path_factory):
+def test_dpo_cuts_micro_batches_to_length_buckets(tok, tmp_path_factory):
     pairs_dir = make_pairs(tmp_path_factory.mktemp("pairs_shape"), n=8)
     pairs, _ = encode_pairs(pairs_dir / "pairs.jsonl", tok, BLOCK)
     batch = pair_tensors(pairs, tok.end_id)
@@ -202,11 +202,12 @@ def test_dpo_keeps_static_shapes_only_when_compiled(tok, tmp_path_factory):
     for k in ("chosen_targets", "rejected_targets"):
         batch[k] = torch.cat([batch[k], torch.full((8, 7), -100)], 1)
     batch["rejected_idx"] = torch.cat([batch["rejected_idx"], torch.full((8, 7), tok.end_id)], 1)
-    objective = DPOObjective(new_model(tok))
+    objective = DPOObjective(new_model(tok), bucket=8)
     width = batch["chosen_idx"].shape[1]
-    assert objective._trim(batch)["chosen_idx"].shape[1] < width  # eager: padding trimmed
+    cut = objective._trim(batch)["chosen_idx"].shape[1]
+    assert cut < width and cut % 8 == 0  # padding past the bucket dropped
     objective.static_shapes = True
-    assert objective._trim(batch)["chosen_idx"].shape[1] == width  # compiled: one shape
+    assert objective._trim(batch)["chosen_idx"].shape[1] == width  # the memory estimate's worst case
     model = new_model(tok)
     with torch.no_grad():
         objective.static_shapes = False

@@ -80,6 +80,7 @@ def test_run_pretrain_stage(tmp_path, shards, monkeypatch):
     assert st["train_loss"] < st["initial_loss"]
     assert st["val_ppl"] == pytest.approx(math.exp(st["val_loss"]))
     assert st["params"] == load_model(res.path).num_params()
+    assert (st["compile_mode"], st["attention"], st["compiled"]) == ("default", "auto", False)  # kernel settings recorded
     # The W&B run (offline dir here) is in the manifest stats, not in the hashed metrics.json.
     assert Path(st["wandb_run"]).name.startswith("offline-run-") and Path(st["wandb_run"]).is_dir()
     assert json.loads((res.path / "run" / "metrics.json").read_text()) == {k: v for k, v in st.items() if k != "wandb_run"}

@@ -1,4 +1,4 @@
-"""The local ComputeLauncher with nproc_per_node = 2: the real stage under torchrun (two gloo CPU
+"""The LocalLauncher with nproc_per_node = 2: the real stage under torchrun (two gloo CPU
 processes) through Dagster Pipes, as the base_checkpoint asset.
 
 Only rank 0 speaks Pipes and writes: the asset gets one materialization, each step's metrics
@@ -19,7 +19,7 @@ from tests.core.train_support import make_shards, make_tokenizer, micro_toml, st
 from wikigpt_core.artifacts import content_hash, read_manifest
 from wikigpt_core.run import run_spec
 from wikigpt_core.spec import StageSpec
-from wikigpt_pipeline.launchers import ComputeLauncher
+from wikigpt_pipeline.launchers import LocalLauncher, StageLauncher
 from wikigpt_pipeline.launchers.command import stage_command
 
 PRETRAIN = dict(max_steps=3, batch_size=4, grad_accum=4, lr=3e-3, warmup_steps=1, eval_interval=3,
@@ -60,11 +60,11 @@ def test_two_process_pretraining_through_pipes_matches_one_process(tmp_path, mon
     spec = stage_spec(tmp_path / "specs", "base_checkpoint", toml, inputs, out, work)
 
     @dg.asset(name="base_checkpoint")
-    def base_checkpoint(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+    def base_checkpoint(context: dg.AssetExecutionContext, launcher: StageLauncher):
         return launcher.run_stage(context, "base_checkpoint", ["--spec", str(spec)], [out])
 
     instance = dg.DagsterInstance.ephemeral()
-    launcher = ComputeLauncher(nproc_per_node=2, env={"WANDB_MODE": "disabled", "WIKIGPT_DEVICE": "cpu",
+    launcher = LocalLauncher(nproc_per_node=2, env={"WANDB_MODE": "disabled", "WIKIGPT_DEVICE": "cpu",
                                                       "OMP_NUM_THREADS": "1"})
     res = dg.materialize([base_checkpoint], resources={"launcher": launcher}, instance=instance)
     assert res.success

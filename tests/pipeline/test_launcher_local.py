@@ -1,4 +1,4 @@
-"""The local ComputeLauncher runs a real stage subprocess through Dagster Pipes.
+"""The LocalLauncher runs a real stage subprocess through Dagster Pipes.
 
 The asset's metadata and DataVersion must come from what the child process reported over
 Pipes (the parent never reads the artifact), and a failing stage must fail the asset with the
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from wikigpt_core.artifacts import content_hash, read_manifest
-from wikigpt_pipeline.launchers import ComputeLauncher
+from wikigpt_pipeline.launchers import LocalLauncher, SkyPilotLauncher, StageLauncher, launcher_from_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +60,7 @@ def fixture_stage(tmp_path, monkeypatch) -> str:
 
 def _asset_for(stage: str, args: list[str], out: Path) -> dg.AssetsDefinition:
     @dg.asset(name="fixture_artifact")
-    def fixture_artifact(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+    def fixture_artifact(context: dg.AssetExecutionContext, launcher: StageLauncher):
         return launcher.run_stage(context, stage, args, [out])
 
     return fixture_artifact
@@ -70,7 +70,7 @@ def test_metadata_and_data_version_come_from_pipes(tmp_path, fixture_stage):
     out = tmp_path / "art"
     asset = _asset_for(fixture_stage, ["--out", str(out), "--steps", "4"], out)
     instance = dg.DagsterInstance.ephemeral()
-    res = dg.materialize([asset], resources={"launcher": ComputeLauncher()}, instance=instance)
+    res = dg.materialize([asset], resources={"launcher": LocalLauncher()}, instance=instance)
     assert res.success
     mat = res.asset_materializations_for_node("fixture_artifact")[0]
     md = {k: v.value for k, v in mat.metadata.items()}
@@ -89,7 +89,7 @@ def test_metadata_and_data_version_come_from_pipes(tmp_path, fixture_stage):
 def test_failure_carries_the_child_traceback(tmp_path, fixture_stage):
     out = tmp_path / "art"
     asset = _asset_for(fixture_stage, ["--out", str(out), "--fail-at", "1"], out)
-    res = dg.materialize([asset], resources={"launcher": ComputeLauncher()},
+    res = dg.materialize([asset], resources={"launcher": LocalLauncher()},
                          instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     assert not res.success
     error = res.get_step_failure_events()[0].step_failure_data.error
@@ -136,11 +136,11 @@ def test_real_tiny_pretrain_through_pipes(tmp_path):
                       {"token_shards": shards, "tokenizer": tmp_path / "tokenizer"}, out, work)
 
     @dg.asset(name="base_checkpoint")
-    def base_checkpoint(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+    def base_checkpoint(context: dg.AssetExecutionContext, launcher: StageLauncher):
         return launcher.run_stage(context, "base_checkpoint", ["--spec", str(spec)], [out])
 
     instance = dg.DagsterInstance.ephemeral()
-    launcher = ComputeLauncher(env={"WANDB_MODE": "disabled"})
+    launcher = LocalLauncher(env={"WANDB_MODE": "disabled"})
     res = dg.materialize([base_checkpoint], resources={"launcher": launcher}, instance=instance)
     assert res.success
     mat = res.asset_materializations_for_node("base_checkpoint")[0]
@@ -159,10 +159,31 @@ def test_real_tiny_pretrain_through_pipes(tmp_path):
     assert (out / "model.safetensors").exists()
 
 
-def test_unknown_backend_is_a_clear_error(tmp_path):
-    launcher = ComputeLauncher(backend="lambda")
-    with pytest.raises(ValueError, match="backend='lambda'"):
-        launcher.run_stage(dg.build_asset_context(), "pretrain", [], [])
+def test_an_unknown_launcher_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="WIKIGPT_LAUNCHER='lambda' names no launcher.*local, skypilot"):
+        launcher_from_env({"WIKIGPT_LAUNCHER": "lambda"})
+    assert type(launcher_from_env({})) is LocalLauncher
+    assert type(launcher_from_env({"WIKIGPT_LAUNCHER": "skypilot"})) is SkyPilotLauncher
+
+
+def test_each_launcher_shows_only_the_fields_that_apply():
+    """The Launchpad lists a resource's fields: a local run offers no SkyPilot knobs, and a
+    rented one no local process count (the GPU count comes from the task's accelerators)."""
+    def launchpad_fields(cls) -> set[str]:
+        return set(cls.to_config_schema().as_field().config_type.fields)
+
+    local, sky = launchpad_fields(LocalLauncher), launchpad_fields(SkyPilotLauncher)
+    assert local == {"env", "nproc_per_node"}
+    assert {"sky_dir", "infra", "accelerators", "use_spot", "hub_repo", "ssh"} <= sky
+    assert local & sky == {"env"} and "backend" not in local | sky
+
+    @dg.asset
+    def needs_launcher(launcher: StageLauncher) -> None:
+        pass
+
+    with pytest.raises(dg.DagsterInvalidConfigError, match="use_spot"):  # a SkyPilot knob, run locally
+        dg.materialize([needs_launcher], resources={"launcher": LocalLauncher()},
+                       run_config={"resources": {"launcher": {"config": {"use_spot": True}}}})
 
 
 def test_importing_pipeline_launchers_does_not_need_skypilot():

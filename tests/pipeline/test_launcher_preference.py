@@ -10,7 +10,7 @@ from wikigpt_core.artifacts import read_manifest
 from wikigpt_core.spec import StageSpec
 from wikigpt_core.stages import STAGES
 from wikigpt_pipeline.factory import GPU_POOL, run_stage, stage_asset
-from wikigpt_pipeline.launchers import ComputeLauncher
+from wikigpt_pipeline.launchers import LocalLauncher, StageLauncher
 
 SMALL_PREFERENCES = """
 [preference]
@@ -44,10 +44,10 @@ def test_launched_preference_dataset_runs_through_the_local_launcher(env, sft, t
                                      out, tmp_path / "_work"))
 
     @dg.asset(name="preference_dataset")
-    def preference_dataset(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+    def preference_dataset(context: dg.AssetExecutionContext, launcher: StageLauncher):
         return run_stage(context, STAGES["preference_dataset"], spec)  # the asset's own routing
 
-    res = dg.materialize([preference_dataset], resources={"launcher": ComputeLauncher()},
+    res = dg.materialize([preference_dataset], resources={"launcher": LocalLauncher()},
                          instance=dg.DagsterInstance.ephemeral())
     assert res.success
     mat = res.asset_materializations_for_node("preference_dataset")[0]

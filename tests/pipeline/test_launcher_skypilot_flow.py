@@ -23,7 +23,7 @@ import pytest
 
 from tests.core.train_support import make_tokenizer, stage_spec
 from wikigpt_core.artifacts import ArtifactWriter, content_hash, read_manifest
-from wikigpt_pipeline.launchers import ComputeLauncher
+from wikigpt_pipeline.launchers import SkyPilotLauncher, StageLauncher
 from wikigpt_pipeline.launchers import skypilot as sky_launcher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -271,7 +271,7 @@ def remote(tmp_path, monkeypatch):
     (sky_dir / "fixture.yaml").write_text(
         text.replace("bash sky/run_stage.sh", "bash sky/run_stage.sh wg_fixture.stage"))
     shutil.copy(REPO / "sky" / "pretrain.yaml", sky_dir / "pretrain.yaml")
-    launcher = ComputeLauncher(backend="skypilot", sky_dir=str(sky_dir), ssh=str(fake_ssh),
+    launcher = SkyPilotLauncher(sky_dir=str(sky_dir), ssh=str(fake_ssh),
                                env={"WANDB_MODE": "disabled"})
     return fake, launcher
 
@@ -281,12 +281,12 @@ def clock(monkeypatch):
     """The launcher's clock: 1,000 s at its first reading, 1,900 s at every later one, so a
     stage (or the teacher) is billed for exactly 900 s = 0.25 GPU-hours on one GPU."""
     readings = itertools.chain([1000.0], itertools.repeat(1900.0))
-    build = sky_launcher.SkyPilotLauncher.from_resource.__func__
+    build = sky_launcher.SkyPilotRunner.from_resource.__func__
 
     def from_resource(cls, res):
         return dataclasses.replace(build(cls, res), clock=lambda: next(readings))
 
-    monkeypatch.setattr(sky_launcher.SkyPilotLauncher, "from_resource", classmethod(from_resource))
+    monkeypatch.setattr(sky_launcher.SkyPilotRunner, "from_resource", classmethod(from_resource))
 
 
 def _materialize(asset, launcher, **kwargs):
@@ -297,7 +297,7 @@ def _materialize(asset, launcher, **kwargs):
 
 def _fixture_asset(out: Path, extra_args=(), retry_policy=None):
     @dg.asset(name="fixture_checkpoint", retry_policy=retry_policy)
-    def fixture_checkpoint(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+    def fixture_checkpoint(context: dg.AssetExecutionContext, launcher: StageLauncher):
         return launcher.run_stage(context, "fixture", ["--out", str(out), *extra_args], [out])
 
     return fixture_checkpoint
@@ -397,7 +397,7 @@ def test_real_pretrain_task_yaml_end_to_end(tmp_path, remote):
     spec.write_text(json.dumps(resolved))
 
     @dg.asset(name="base_checkpoint")
-    def base_checkpoint(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+    def base_checkpoint(context: dg.AssetExecutionContext, launcher: StageLauncher):
         return launcher.run_stage(context, "base_checkpoint", ["--spec", str(spec)], [out])
 
     res, _ = _materialize(base_checkpoint, launcher)
@@ -456,7 +456,7 @@ def test_teacher_endpoint_serves_then_always_tears_down(remote, monkeypatch, clo
     import threading
 
     fake, base = remote
-    launcher = ComputeLauncher(**{**base.model_dump(), "hourly_price_usd": 0.4})
+    launcher = SkyPilotLauncher(**{**base.model_dump(), "hourly_price_usd": 0.4})
     shutil.copy(REPO / "sky" / "teacher.yaml", Path(launcher.sky_dir) / "teacher.yaml")
     polls: list[tuple[str, str | None]] = []
     handler = type("Handler", (_ModelsHandler,), {"polls": polls})
@@ -468,7 +468,7 @@ def test_teacher_endpoint_serves_then_always_tears_down(remote, monkeypatch, clo
     seen, figures = {}, {}
 
     @dg.asset(name="sft_dataset")
-    def sft_dataset(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+    def sft_dataset(context: dg.AssetExecutionContext, launcher: StageLauncher):
         with launcher.teacher_endpoint(context, figures) as url:
             seen["url"] = url
             seen["polls_before_yield"] = list(polls)
@@ -513,7 +513,7 @@ def test_teacher_refuses_to_serve_without_an_api_key(remote, monkeypatch):
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
 
     @dg.asset(name="sft_dataset")
-    def sft_dataset(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+    def sft_dataset(context: dg.AssetExecutionContext, launcher: StageLauncher):
         with launcher.teacher_endpoint(context):
             pass
 
@@ -524,7 +524,7 @@ def test_teacher_refuses_to_serve_without_an_api_key(remote, monkeypatch):
 
 def test_spot_without_durable_storage_is_refused_before_renting(tmp_path, remote):
     fake, launcher = remote
-    spot = ComputeLauncher(**{**launcher.model_dump(), "use_spot": True, "hub_repo": None})
+    spot = SkyPilotLauncher(**{**launcher.model_dump(), "use_spot": True, "hub_repo": None})
     res, _ = _materialize(_fixture_asset(tmp_path / "o"), spot)
     assert not res.success and fake.calls == []
     assert "hub_repo" in res.get_step_failure_events()[0].step_failure_data.error.cause.message
@@ -537,7 +537,7 @@ def test_spot_runs_as_a_managed_job_and_outputs_come_back_through_durable_storag
     the durable store (a file:// store stands in for the HF Hub) and pulled back from there."""
     fake, launcher = remote
     hub = tmp_path / "hub"
-    spot = ComputeLauncher(**{**launcher.model_dump(), "use_spot": True,
+    spot = SkyPilotLauncher(**{**launcher.model_dump(), "use_spot": True,
                               "hub_repo": f"file://{hub}",
                               "ssh": "/bin/false"})  # any rsync attempt would fail
     out = tmp_path / "fixture_checkpoint"
@@ -572,7 +572,7 @@ def test_teacher_refusing_the_key_stops_at_the_first_poll(remote, monkeypatch):
     monkeypatch.setenv("WIKIGPT_TEACHER_API_KEY", "k-wrong")  # the server expects k-123
 
     @dg.asset(name="sft_dataset")
-    def sft_dataset(context: dg.AssetExecutionContext, launcher: ComputeLauncher):
+    def sft_dataset(context: dg.AssetExecutionContext, launcher: StageLauncher):
         with launcher.teacher_endpoint(context):
             raise AssertionError("never yielded: the key was refused")
 

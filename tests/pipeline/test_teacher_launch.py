@@ -23,7 +23,7 @@ from wikigpt_core.artifacts import ArtifactWriter, point_current
 from wikigpt_core.config import apply_overrides, load_settings
 from wikigpt_core.llm import offline
 from wikigpt_pipeline.assets import build_assets
-from wikigpt_pipeline.launchers import ComputeLauncher
+from wikigpt_pipeline.launchers import SkyPilotLauncher
 
 KEY = "k-teacher-secret"
 
@@ -88,7 +88,7 @@ def test_sft_dataset_rents_the_teacher_for_its_work_and_tears_it_down(remote, te
         "teacher": {"backend": "openai", "launch": "skypilot", "model": "rules-over-http",
                     "base_url": "http://127.0.0.1:9/v1", "concurrency": 2},  # never used
         "sft_data": {"n_examples": 24, "heldout_fraction": 0.25, "passage_chars": 300}})
-    rented = ComputeLauncher(**{**launcher.model_dump(), "hourly_price_usd": 0.5})
+    rented = SkyPilotLauncher(**{**launcher.model_dump(), "hourly_price_usd": 0.5})
 
     res = dg.materialize(build_assets(settings), selection=["sft_dataset"],
                          resources={"launcher": rented}, instance=dg.DagsterInstance.ephemeral(),

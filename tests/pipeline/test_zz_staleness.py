@@ -15,10 +15,13 @@ import pytest
 
 from pathlib import Path
 
-from wikigpt_core.config import apply_overrides
-from wikigpt_core.stages import ASSET_NAMES
+from wikigpt_core.config import apply_overrides, load_settings
+from wikigpt_core.stages import asset_names
 from wikigpt_pipeline import staleness
 from wikigpt_pipeline.project import build_definitions
+
+ASSET_NAMES = asset_names(load_settings("tiny", env=False))
+"""The default graph's assets (what `wikigpt run` materialized)."""
 
 pytestmark = pytest.mark.slow
 

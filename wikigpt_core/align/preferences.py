@@ -22,14 +22,14 @@ from typing import Any
 
 from wikigpt_core.align.false_premise import gallery_prompts, make_false_premises
 from wikigpt_core.align.teacher import FalsePremiseSpec, Teacher
+from wikigpt_core import jsonl
 from wikigpt_core.artifacts import ArtifactWriter, StageResult
 from wikigpt_core.config import PreferenceConfig, TeacherConfig
 from wikigpt_core.eval.generation import Reply, autocast_label, generate_replies, inference_runtime
 from wikigpt_core.llm.budget import FailureBudget, request_cap
 from wikigpt_core.llm.client import Failure, make_client
-from wikigpt_core.llm.judge import Judge, PairCase, PairOutcome, judge_debiased
+from wikigpt_core.llm.judge import Judge, PairCase, PairOutcome, judge_debiased, judge_text
 from wikigpt_core.llm.labels import is_rule_system, who
-from wikigpt_core.llm.offline import CUT_MARK
 
 
 class DatasetError(ValueError):
@@ -37,21 +37,8 @@ class DatasetError(ValueError):
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        raise DatasetError(f"{path} does not exist; materialize the `sft_dataset` asset first")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{n} is not valid JSON ({e}); rebuild the dataset") from None
-    return rows
-
-
-def judge_text(reply: Reply) -> str:
-    """What the judge sees: a reply that never emitted <|end|> is marked as cut off."""
-    return reply.text if reply.stopped else f"{reply.text} {CUT_MARK}".strip()
+    """The rows of one of the SFT dataset's files; DatasetError if it is missing or malformed."""
+    return jsonl.read_jsonl(path, DatasetError, missing_hint="materialize the `sft_dataset` asset first")
 
 
 def rank_samples(n_samples: int, outcomes: dict[tuple[int, int], PairOutcome]) -> tuple[int, int, float] | None:
@@ -120,8 +107,8 @@ def min_pairs(cfg: PreferenceConfig) -> int:
 
 def run_preferences(cfg: PreferenceConfig, teacher_cfg: TeacherConfig, sft_checkpoint_dir: Path,
                     sft_dataset_dir: Path, tokenizer_dir: Path, out: Path, cache_dir: Path, *,
-                    base_url: str | None = None, precision: str = "auto") -> StageResult:
-    """Build the pairs; `base_url` overrides `teacher_cfg.base_url` (a launched endpoint);
+                    precision: str = "auto") -> StageResult:
+    """Build the pairs (a launched teacher endpoint arrives as `teacher_cfg.base_url`);
     `precision` is the sampling's autocast (`inference_runtime`): "auto" is bf16 on a GPU.
     Raises TeacherBudgetError, publishing nothing, when judge or teacher replies fail too
     often, the request cap is spent, or fewer than the minimum pairs result."""
@@ -138,8 +125,7 @@ def run_preferences(cfg: PreferenceConfig, teacher_cfg: TeacherConfig, sft_check
     # The plan: both orders of every pair of samples per prompt, one request per false premise.
     n_samples = max(2, cfg.samples_per_prompt)
     planned = len(prompts_rows) * n_samples * (n_samples - 1) + n_fp
-    client = make_client(teacher_cfg, cache_dir, base_url=base_url,
-                         max_requests=request_cap(teacher_cfg, planned))
+    client = make_client(teacher_cfg, cache_dir, max_requests=request_cap(teacher_cfg, planned))
     budget = FailureBudget("preference_dataset", teacher_cfg, client, asked=cfg.n_prompts, unit="pairs")
     judge, teacher = Judge(client, budget), Teacher(client)
     tok = WikiTokenizer.load(tokenizer_dir)

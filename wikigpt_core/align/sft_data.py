@@ -188,9 +188,9 @@ def min_examples(cfg: SFTDataConfig) -> int:
 
 
 def run_sft_data(cfg: SFTDataConfig, teacher_cfg: TeacherConfig, corpus_dir: Path, out: Path,
-                 cache_dir: Path, *, base_url: str | None = None) -> StageResult:
-    """Build the dataset; `base_url` overrides `teacher_cfg.base_url` (a launched endpoint).
-    Raises TeacherBudgetError, publishing nothing, when the teacher's replies fail or are
+                 cache_dir: Path) -> StageResult:
+    """Build the dataset with the teacher `teacher_cfg` names (a launched endpoint arrives as its
+    `base_url`). Raises TeacherBudgetError, publishing nothing, when the teacher's replies fail or are
     rejected too often, the request cap is spent, or fewer than the minimum examples result."""
     articles = read_corpus(corpus_dir)
     language = artifact_language(Path(corpus_dir))  # the corpus language cleaning filtered for
@@ -208,8 +208,7 @@ def run_sft_data(cfg: SFTDataConfig, teacher_cfg: TeacherConfig, corpus_dir: Pat
     heldout_ids = _heldout_articles([ps[0].article_id for ps in per_article], cfg.heldout_fraction, cfg.seed)
 
     # One request per example is the plan; filters and failures may use up a few more.
-    teacher = make_teacher(teacher_cfg, cache_dir, base_url=base_url,
-                           max_requests=request_cap(teacher_cfg, cfg.n_examples))
+    teacher = make_teacher(teacher_cfg, cache_dir, max_requests=request_cap(teacher_cfg, cfg.n_examples))
     budget = FailureBudget("sft_dataset", teacher_cfg, teacher.client, asked=cfg.n_examples)
     flt = _Filter(cfg, budget)
     examples = build_examples(cfg, teacher, passages, flt)

@@ -61,6 +61,5 @@ class Teacher:
         return [parse_reply(r, "false_premise") for r in results]
 
 
-def make_teacher(cfg: TeacherConfig, cache_dir: Path | None, *, base_url: str | None = None,
-                 max_requests: int | None = None) -> Teacher:
-    return Teacher(make_client(cfg, cache_dir, base_url=base_url, max_requests=max_requests))
+def make_teacher(cfg: TeacherConfig, cache_dir: Path | None, *, max_requests: int | None = None) -> Teacher:
+    return Teacher(make_client(cfg, cache_dir, max_requests=max_requests))

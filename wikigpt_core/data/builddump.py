@@ -1,7 +1,8 @@
 """Build multistream dumps (file + index) from raw <page> XML, as dumps.wikimedia.org lays
 them out: a header stream, streams of `pages_per_stream` pages, a closing stream; index lines
-`offset:page_id:title`. Used by tests and `benchmarks/data_pipeline.py` to make larger dumps
-by replicating the real sample's pages under new ids."""
+`offset:page_id:title`. Used by tests and the data benchmarks to make larger dumps by
+replicating the real sample's pages under new ids (`replicate`), or under new ids with
+word-perturbed text that survives dedup (`perturbed_copies`, `benchmarks/data_scale.py`)."""
 from __future__ import annotations
 
 import bz2
@@ -10,11 +11,14 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 from wikigpt_core.data.sources import sample_path
 
 _PAGE = re.compile(rb"<page>.*?</page>", re.DOTALL)
 _PAGE_ID = re.compile(rb"(<ns>\d+</ns>\s*<id>)(\d+)(</id>)")
 _TITLE = re.compile(rb"<title>(.*?)</title>")
+_TEXT = re.compile(rb"(<text[^>]*>)(.*?)(</text>)", re.DOTALL)
 
 
 def split_dump(path: Path | None = None) -> tuple[bytes, list[bytes]]:
@@ -45,6 +49,40 @@ def replicate(pages: list[bytes], copies: int, id_stride: int = 1_000_000) -> It
     for c in range(copies):
         for p in pages:
             yield p if c == 0 else with_id(p, page_id(p) + c * id_stride, f" (copy {c})")
+
+
+def perturbed_copies(pages: list[bytes], copies: int, share: float = 0.15, seed: int = 0,
+                     id_stride: int = 1_000_000) -> Iterator[bytes]:
+    """`copies` rounds of the pages, as `replicate`, but every round after the first swaps a
+    `share` of each page's plain words for other words of the same page.
+
+    With 5-word shingles, swapping 15 % of the words changes ~56 % of the shingles, so a copy's
+    Jaccard to its original is ~0.3: far below dedup's thresholds (0.65 for an LSH candidate,
+    0.8 to merge), so every copy survives dedup as its own document. Markup, length and
+    language stay the real ones: only lowercase words standing between two spaces are touched.
+    """
+    for c in range(copies):
+        rng = np.random.default_rng([seed, c])
+        for p in pages:
+            if c == 0:
+                yield p
+                continue
+            page = with_id(p, page_id(p) + c * id_stride, f" (copy {c})")
+            yield _TEXT.sub(lambda m: m.group(1) + perturb_words(m.group(2), rng, share) + m.group(3), page, count=1)
+
+
+def perturb_words(text: bytes, rng: np.random.Generator, share: float) -> bytes:
+    """`text` with about `share` of its lowercase space-delimited words replaced by others of
+    them (drawn at random), so word frequencies and lengths stay those of the text."""
+    tokens = text.split(b" ")
+    plain = [i for i, t in enumerate(tokens) if t.isalpha() and t.islower()]
+    if len(plain) < 2:
+        return text
+    pick = rng.random(len(plain)) < share
+    donors = rng.integers(0, len(plain), size=int(pick.sum()))
+    for i, d in zip(np.asarray(plain)[pick].tolist(), donors.tolist()):
+        tokens[i] = tokens[plain[d]]
+    return b" ".join(tokens)
 
 
 def write_multistream(header: bytes, pages: Iterable[bytes], xml_path: Path, index_path: Path,

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wikigpt_core.artifacts import ArtifactWriter, StageResult
+from wikigpt_core.artifacts import ArtifactWriter, StageResult, manifest_hash
 from wikigpt_core.data import parts
 from wikigpt_core.data.errors import NothingKeptError
 from wikigpt_core.data.filters import ALL_REASONS
@@ -60,7 +60,7 @@ def run_clean(cfg: CleanConfig, dump_dir: Path, out: Path, work: Path) -> StageR
     parts_dir.mkdir(parents=True, exist_ok=True)
     workers = resolve_workers(cfg.workers)
     t0 = time.perf_counter()
-    with ArtifactWriter(out, stage="clean", config=dataclasses.asdict(cfg),
+    with ArtifactWriter(out, stage="cleaned_articles", config=dataclasses.asdict(cfg),
                         inputs={"wiki_dump": _dump_version(Path(dump_dir))}) as w:
         if files.index is not None:
             mode = "multistream"
@@ -178,7 +178,4 @@ def _parts_key(files: DumpFiles, filters: dict, part_pages: int) -> str:
 
 
 def _dump_version(dump_dir: Path) -> str:
-    manifest = dump_dir / "manifest.json"
-    if manifest.exists():
-        return json.loads(manifest.read_text()).get("content_hash", "")
-    return ""
+    return manifest_hash(dump_dir) or ""

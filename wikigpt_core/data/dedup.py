@@ -11,7 +11,12 @@
    band per document, ~100x that, which does not fit a full dump). The buckets are the ones
    datasketch's `MinHashLSH` finds for the same signatures and (bands, rows) — a test checks
    this pair for pair. Every candidate pair is confirmed by the exact Jaccard of the two
-   shingle sets >= `threshold`, so no pair below the threshold is ever merged.
+   shingle sets >= `threshold`, so no pair below the threshold is ever merged. The shingles
+   of the candidate documents are spilled to a file on disk and read back through a memmap.
+
+Memory of the main process is flat in the corpus apart from fixed arrays per document (ids,
+SHA-1 digests, one band column and its sort order: ~90 bytes at their peak, in `_exact`),
+16 bytes per candidate pair and per candidate document; no Python object is kept per document.
 4. Confirmed pairs are joined into clusters (union-find); the lowest id of each cluster
    survives, so the result does not depend on order or worker count.
 """
@@ -28,17 +33,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasketch import MinHashLSH
 
-from wikigpt_core.artifacts import ArtifactWriter, StageResult, read_manifest
+from wikigpt_core.artifacts import ArtifactWriter, StageResult, manifest_hash
 from wikigpt_core.data.language import artifact_language, write_language
 from wikigpt_core.data.minhash import band_hashes, document_hashes, jaccard, shingle_hashes, signature
 from wikigpt_core.data.parquet_io import RowGroupWriter, find_parquet, iter_batches
 from wikigpt_core.data.pool import bounded_map, resolve_workers
+from wikigpt_core.data.splits import in_sorted
 
 if TYPE_CHECKING:
     from wikigpt_core.config import DedupConfig
 
 CORPUS = "corpus.parquet"
 _MAX_BUCKET_PAIRS = 32  # larger buckets are linked as a star around their lowest id
+_CONFIRM_CHUNK = 100_000  # candidate pairs turned into Python ints at a time
+_EXAMPLE_PAIRS = 5  # merged pairs kept, with titles, in the stats
 
 
 def lsh_params(cfg: DedupConfig) -> tuple[int, int]:
@@ -90,7 +98,7 @@ def run_dedup(cfg: DedupConfig, cleaned_dir: Path, out: Path) -> StageResult:
     workers = resolve_workers(cfg.workers)
     slices = _slices(src, cfg.batch_docs)
     inputs = {"cleaned_articles": _version(Path(cleaned_dir))}
-    with ArtifactWriter(out, stage="dedup", config=dataclasses.asdict(cfg), inputs=inputs) as w, \
+    with ArtifactWriter(out, stage="deduped_corpus", config=dataclasses.asdict(cfg), inputs=inputs) as w, \
             tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".dedup-") as tmp:
         args = [(str(src), g, lo, hi, cfg.batch_docs, tmp, cfg.shingle_size, cfg.num_perm, cfg.seed, bands, rows)
                 for g, lo, hi in slices]
@@ -98,10 +106,11 @@ def run_dedup(cfg: DedupConfig, cleaned_dir: Path, out: Path) -> StageResult:
             pass
         ids, digests, band_files = _load_hash_pass(Path(tmp), slices)
         exact_removed, exact_pairs = _exact(ids, digests)
-        alive = ~np.isin(ids, np.fromiter(exact_removed, dtype=np.int64, count=len(exact_removed)))
+        alive = ~in_sorted(ids, exact_removed)
+        del digests
         candidates = _lsh_candidates(ids, alive, band_files, bands)
-        fuzzy_removed, fuzzy_pairs, checked = _confirm(src, candidates, cfg)
-        removed = exact_removed | fuzzy_removed
+        fuzzy_removed, fuzzy_pairs, checked = _confirm(src, candidates, cfg, Path(tmp))
+        removed = np.union1d(exact_removed, fuzzy_removed)
         kept = _write_corpus(src, w.dir / CORPUS, removed)
         language = artifact_language(Path(cleaned_dir))
         write_language(w.dir, language)  # later stages read the corpus language from here
@@ -154,65 +163,108 @@ def _load_hash_pass(tmp: Path, slices: list[tuple[int, int, int]]) -> tuple[np.n
     return np.concatenate(ids), np.concatenate(digests), band_files
 
 
-def _exact(ids: np.ndarray, digests: np.ndarray) -> tuple[set[int], list[dict]]:
-    """Ids whose normalized text equals that of a lower id."""
+def _exact(ids: np.ndarray, digests: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+    """Sorted ids whose normalized text equals that of a lower id."""
     order = np.lexsort((ids, digests))  # by digest, then id
     d, i = digests[order], ids[order]
     same = np.concatenate(([False], d[1:] == d[:-1]))
-    removed = set(i[same].tolist())
+    removed = np.unique(i[same])
     run_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(i))))  # first row of each run
     pairs = [{"kept": int(i[run_start[k]]), "removed": int(i[k]), "method": "exact", "jaccard": 1.0}
              for k in np.flatnonzero(same)[:5]]
     return removed, pairs
 
 
-def _lsh_candidates(ids: np.ndarray, alive: np.ndarray, band_files: list[Path], bands: int) -> set[tuple[int, int]]:
-    """(low id, high id) pairs sharing a bucket in any band, one band column at a time."""
-    pairs: set[tuple[int, int]] = set()
+def _lsh_candidates(ids: np.ndarray, alive: np.ndarray, band_files: list[Path], bands: int) -> np.ndarray:
+    """(low id, high id) pairs sharing a bucket in any band, one band column at a time: an
+    (n, 2) int64 array, unique rows in sorted order."""
     live_ids = ids[alive]
+    found = np.empty((0, 2), dtype=np.int64)
     for b in range(bands):
-        col = np.concatenate([np.load(f, mmap_mode="r")[:, b] for f in band_files])[alive] if band_files else np.empty(0)
+        col = _band_column(band_files, b)[alive]
         order = np.lexsort((live_ids, col))
-        c, i = col[order], live_ids[order]
-        starts = np.flatnonzero(np.concatenate(([True], c[1:] != c[:-1])))
-        sizes = np.diff(np.concatenate((starts, [len(c)])))
-        for s, m in zip(starts[sizes > 1], sizes[sizes > 1]):
-            members = i[s: s + m].tolist()
-            if m <= _MAX_BUCKET_PAIRS:
-                pairs.update((members[x], members[y]) for x in range(m) for y in range(x + 1, m))
-            else:
-                pairs.update((members[0], other) for other in members[1:])
-    return {(min(a, b), max(a, b)) for a, b in pairs}
+        found = np.unique(np.concatenate([found, _bucket_pairs(col[order], live_ids[order])]), axis=0)
+    return found
 
 
-def _confirm(src: Path, candidates: set[tuple[int, int]], cfg: DedupConfig) -> tuple[set[int], list[dict], int]:
-    """Exact shingle Jaccard for each candidate pair; union confirmed pairs; non-roots go."""
-    if not candidates:
-        return set(), [], 0
-    need = {x for pair in candidates for x in pair}
-    shingles: dict[int, np.ndarray] = {}
-    for batch in iter_batches(src, batch_size=1_000, columns=["id", "text"]):
-        batch_ids = batch.column(0).to_numpy()
-        hit = np.flatnonzero(np.isin(batch_ids, np.fromiter(need, np.int64, len(need))))
-        if hit.size:
-            texts = batch.column(1).take(pa.array(hit)).to_pylist()
-            for j, t in zip(hit.tolist(), texts):
-                shingles[int(batch_ids[j])] = shingle_hashes(t, cfg.shingle_size)
+def _band_column(band_files: list[Path], band: int) -> np.ndarray:
+    """One band's hashes for every document, in hash-pass order (8 bytes per document)."""
+    if not band_files:
+        return np.empty(0, dtype=np.uint64)
+    return np.concatenate([np.load(f, mmap_mode="r")[:, band] for f in band_files])
+
+
+def _bucket_pairs(hashes: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Pairs of ids with equal hashes, from arrays sorted by (hash, id): every pair of a bucket
+    up to _MAX_BUCKET_PAIRS members, a star around the lowest id above it."""
+    starts = np.flatnonzero(np.concatenate(([True], hashes[1:] != hashes[:-1])))
+    sizes = np.diff(np.concatenate((starts, [len(hashes)])))
+    out = [np.empty((0, 2), dtype=np.int64)]
+    for s, m in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist()):
+        members = ids[s: s + m]
+        if m <= _MAX_BUCKET_PAIRS:
+            x, y = np.triu_indices(m, 1)
+            out.append(np.stack([members[x], members[y]], axis=1))
+        else:
+            out.append(np.stack([np.full(m - 1, members[0]), members[1:]], axis=1))
+    return np.concatenate(out)
+
+
+class _ShingleSpill:
+    """Shingle sets of the candidate documents in one flat file, read back through a memmap:
+    memory holds 16 bytes per candidate document, not its shingles."""
+
+    def __init__(self, path: Path, doc_ids: np.ndarray) -> None:
+        self.path, self.doc_ids = path, doc_ids
+        self.start = np.zeros(doc_ids.size, dtype=np.int64)
+        self.size = np.zeros(doc_ids.size, dtype=np.int64)
+        self._mm: np.ndarray | None = None
+
+    def fill(self, src: Path, shingle_size: int) -> None:
+        pos = 0
+        with self.path.open("wb") as f:
+            for batch in iter_batches(src, batch_size=1_000, columns=["id", "text"]):
+                batch_ids = batch.column(0).to_numpy()
+                hit = np.flatnonzero(in_sorted(batch_ids, self.doc_ids))
+                if not hit.size:
+                    continue
+                for j, text in zip(hit.tolist(), batch.column(1).take(pa.array(hit)).to_pylist()):
+                    sh = shingle_hashes(text, shingle_size)
+                    k = np.searchsorted(self.doc_ids, batch_ids[j])
+                    self.start[k], self.size[k] = pos, sh.size
+                    f.write(sh.tobytes())
+                    pos += sh.size
+        self._mm = np.memmap(self.path, dtype=np.uint32, mode="r") if pos else np.empty(0, np.uint32)
+
+    def get(self, doc_id: int) -> np.ndarray:
+        k = np.searchsorted(self.doc_ids, doc_id)
+        return self._mm[self.start[k]: self.start[k] + self.size[k]]
+
+
+def _confirm(src: Path, candidates: np.ndarray, cfg: DedupConfig, tmp: Path) -> tuple[np.ndarray, list[dict], int]:
+    """Exact shingle Jaccard for each candidate pair; union confirmed pairs; non-roots go
+    (sorted ids)."""
+    if not len(candidates):
+        return np.empty(0, dtype=np.int64), [], 0
+    spill = _ShingleSpill(tmp / "candidate-shingles.u32", np.unique(candidates))
+    spill.fill(src, cfg.shingle_size)
     uf = _UnionFind()
-    pairs = []
-    for a, b in sorted(candidates):
-        j = jaccard(shingles[a], shingles[b])
-        if j >= cfg.threshold:
-            uf.union(a, b)
-            pairs.append({"kept": a, "removed": b, "method": "minhash", "jaccard": round(j, 4)})
-    removed = {x for x in need if uf.find(x) != x}
-    return removed, pairs, len(candidates)
+    examples: list[dict] = []
+    for lo in range(0, len(candidates), _CONFIRM_CHUNK):
+        for a, b in candidates[lo: lo + _CONFIRM_CHUNK].tolist():
+            j = jaccard(spill.get(a), spill.get(b))
+            if j >= cfg.threshold:
+                uf.union(a, b)
+                if len(examples) < _EXAMPLE_PAIRS:
+                    examples.append({"kept": a, "removed": b, "method": "minhash", "jaccard": round(j, 4)})
+    removed = np.array(sorted(x for x in uf.parent if uf.find(x) != x), dtype=np.int64)
+    return removed, examples, len(candidates)
 
 
-def _write_corpus(src: Path, dest: Path, removed: set[int]) -> int:
+def _write_corpus(src: Path, dest: Path, removed: np.ndarray) -> int:
     pf = pq.ParquetFile(src)
     group = pf.metadata.row_group(0).num_rows if pf.num_row_groups else 1
-    drop = pa.array(sorted(removed), type=pa.int64())
+    drop = pa.array(removed, type=pa.int64())
     with RowGroupWriter(dest, group) as writer:  # same row-group bound as the input
         for batch in iter_batches(src, batch_size=500):
             keep = pc.invert(pc.is_in(batch.column(0), value_set=drop))
@@ -233,7 +285,4 @@ def _titles(src: Path, pairs: list[dict]) -> list[dict]:
 
 
 def _version(directory: Path) -> str:
-    try:
-        return read_manifest(directory).get("content_hash", "")
-    except FileNotFoundError:
-        return ""
+    return manifest_hash(directory) or ""

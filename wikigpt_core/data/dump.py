@@ -63,7 +63,7 @@ def run_dump(cfg: DumpConfig, out: Path, work: Path, *, identity: str = "") -> S
     pins the date to fetch, so the artifact is the dump that was observed; without it the
     newest finished dump is resolved now."""
     source = cfg.source.strip()
-    with ArtifactWriter(out, stage="dump", config=dataclasses.asdict(cfg)) as w:
+    with ArtifactWriter(out, stage="wiki_dump", config=dataclasses.asdict(cfg)) as w:
         name = parse_dump_name(source)
         if name is not None:
             wiki, date = name

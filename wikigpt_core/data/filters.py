@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from wikigpt_core.data.extract import Article, is_list_title
 from wikigpt_core.data.language import language_probability
 
-if TYPE_CHECKING:  # workers must not import config (it pulls in torch)
+if TYPE_CHECKING:  # annotation only: a worker gets the filter fields as a SimpleNamespace
+    # (data/parts.py), never a CleanConfig
     from wikigpt_core.config import CleanConfig
 
 _MARKUP = re.compile(r"[{}\[\]<>|=]")

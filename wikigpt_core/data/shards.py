@@ -22,7 +22,7 @@ import numpy as np
 
 from wikigpt_core.artifacts import ArtifactWriter, StageResult, read_manifest
 from wikigpt_core.data.parquet_io import find_parquet, iter_batches
-from wikigpt_core.data.splits import heldout_ids
+from wikigpt_core.data.splits import heldout_ids, in_sorted
 from wikigpt_core.tokenizer import DOC_SEP, WikiTokenizer
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def run_shards(cfg: ShardsConfig, corpus_dir: Path, tokenizer_dir: Path, out: Pa
     key = hashlib.sha256(json.dumps([inputs, dataclasses.asdict(cfg)], sort_keys=True).encode()).hexdigest()[:16]
     parts_dir = Path(work) / f"parts-{key}"
     parts_dir.mkdir(parents=True, exist_ok=True)
-    with ArtifactWriter(out, stage="shards", config=dataclasses.asdict(cfg), inputs=inputs) as w:
+    with ArtifactWriter(out, stage="token_shards", config=dataclasses.asdict(cfg), inputs=inputs) as w:
         val_ids = heldout_ids(src, cfg.val_fraction)
         part_stats = []
         for k, batch in enumerate(iter_batches(src, batch_size=cfg.batch_docs, columns=["id", "text"])):
@@ -92,7 +92,7 @@ def _finished(parts_dir: Path, k: int) -> bool:
 def _encode_part(tok: WikiTokenizer, sep: int, batch, val_ids: np.ndarray, parts_dir: Path, k: int) -> dict[str, Any]:
     ids = batch.column(0).to_numpy()
     texts = batch.column(1).to_pylist()
-    is_val = np.isin(ids, val_ids).tolist()
+    is_val = in_sorted(ids, val_ids).tolist()  # binary search: linear over the corpus
     sep_arr = np.array([sep], dtype=DTYPE)
     chunks: dict[str, list[np.ndarray]] = {"train": [], "val": []}
     docs = {"train": 0, "val": 0}

@@ -26,6 +26,16 @@ def val_mask(ids: np.ndarray, fraction: float) -> np.ndarray:
     return mask
 
 
+def in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Membership of each value in a sorted id array by binary search: O(len(values) x
+    log len(sorted_ids)), so testing batch after batch stays linear in the corpus (np.isin
+    sorts both arrays on every call)."""
+    if sorted_ids.size == 0:
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, values), sorted_ids.size - 1)
+    return sorted_ids[pos] == values
+
+
 def heldout_ids(path, fraction: float) -> np.ndarray:
     """Sorted ids of the held-out documents of a parquet file (reads only the id column)."""
     import pyarrow.parquet as pq

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from wikigpt_core.checkpoints import CHECKPOINTS
 from wikigpt_core.eval.harness import METRICS
 
-CHECKPOINTS = ("base", "sft", "dpo")
 PAIRINGS = ("sft_vs_base", "dpo_vs_sft")
 COST_FIELDS = ("seconds", "gpu_hours", "cost_usd")
 

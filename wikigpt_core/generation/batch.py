@@ -59,7 +59,14 @@ class SamplingParams:
 @dataclass(eq=False)
 class Sequence:
     """One prompt being continued. Read `tokens`, `text`, `finish_reason` and the logprob
-    lists; `drain()` hands out what is new since the last call (for streaming)."""
+    lists; `drain()` hands out what is new since the last call (for streaming).
+
+    `logprobs` holds every generated token's, the stop token included (for scoring jobs).
+    `drain()` hands a token's log-probability out with the text that shows it: a token that
+    shows no text of its own (part of a character, a special) goes out with the next text. The
+    tokens of a stop string never go out. What no text followed (a trailing partial character,
+    a trailing special) is left in `unshown_logprobs` once finished, and the final stop
+    token's in `stop_logprob`."""
 
     prompt: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
@@ -69,6 +76,10 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
+    stop_logprob: TokenLogprob | None = None
+    """The log-probability of the stop token that ended the sequence, if one did."""
+    unshown_logprobs: list[TokenLogprob] = field(default_factory=list)
+    """Once finished: the trailing tokens no text followed (see the class doc)."""
     finish_reason: str | None = None
     """"stop", "length", "cancelled" or "error" once finished."""
     error: str | None = None
@@ -79,7 +90,9 @@ class Sequence:
         if self.params.stop and self.tok is None:
             raise ValueError("stop strings need a tokenizer")
         self._pending_text: list[str] = []
-        self._drained_logprobs = 0
+        self._unplaced: list[TokenLogprob] = []  # tokens whose text has not appeared yet
+        self._placed: deque[tuple[int, TokenLogprob]] = deque()  # (end of its text, logprob)
+        self._prompt_drained = False
         self.generator: torch.Generator | None = None
 
     @property
@@ -88,10 +101,21 @@ class Sequence:
         return self._text.text[:self._text.sent] if self._text else ""
 
     def drain(self) -> tuple[str, list[TokenLogprob]]:
+        """The text released since the last call, and the log-probabilities of the tokens that
+        text completes (see the class doc)."""
         text, self._pending_text = "".join(self._pending_text), []
-        new = self.logprobs[self._drained_logprobs:]
-        self._drained_logprobs = len(self.logprobs)
+        shown = self._text.sent if self._text is not None else 0
+        new = []
+        while self._placed and self._placed[0][0] <= shown:
+            new.append(self._placed.popleft()[1])
         return text, new
+
+    def drain_prompt_logprobs(self) -> list[TokenLogprob | None] | None:
+        """The prompt's log-probabilities the first time they are ready, else None."""
+        if self._prompt_drained or not self.prompt_logprobs:
+            return None
+        self._prompt_drained = True
+        return self.prompt_logprobs
 
     def cancel(self) -> None:
         if self.finish_reason is None:
@@ -106,19 +130,36 @@ class Sequence:
         if logprob is not None:  # a stop token's too: scoring clients count every token
             self.logprobs.append(logprob)
         if token in stops:
+            self.stop_logprob = logprob
             return self._finish("stop")
         if self._text is not None:
+            decoded = self._text.decoded
             delta, stopped = self._text.push(token)
+            self._place(logprob, grew=self._text.decoded > decoded)
             self._pending_text.append(delta)
             if stopped:
                 return self._finish("stop")
+        elif logprob is not None:
+            self._placed.append((0, logprob))  # no text to wait for
         if len(self.tokens) >= self.params.max_new_tokens or len(self.prompt) + len(self.tokens) >= block:
             self._finish("length")
+
+    def _place(self, logprob: TokenLogprob | None, grew: bool) -> None:
+        """Tie the token's log-probability to where the next text ends (its own, if it made
+        the text grow)."""
+        if logprob is None:
+            return
+        self._unplaced.append(logprob)
+        if grew:
+            end = self._text.decoded
+            self._placed.extend((end, lp) for lp in self._unplaced)
+            self._unplaced.clear()
 
     def _finish(self, reason: str) -> None:
         self.finish_reason = reason
         if self._text is not None:
             self._pending_text.append(self._text.finish())
+            self.unshown_logprobs, self._unplaced = self._unplaced, []
 
 
 class BatchDecoder:

@@ -51,19 +51,24 @@ class StopText:
     def __init__(self, tok: WikiTokenizer, stop: tuple[str, ...] = ()) -> None:
         self._decoder = IncrementalDecoder(tok)
         self._stop = tuple(s for s in stop if s)
-        self.text = ""  # everything decoded so far (before any stop cut)
+        self.text = ""  # everything decoded so far (cut at the stop string once one appears)
+        self.decoded = 0  # characters decoded so far, before any stop cut
         self.sent = 0  # characters of `text` already returned
         self.stopped = False
 
     def push(self, token_id: int) -> tuple[str, bool]:
-        self.text += self._decoder.push(token_id)
+        self._grow(self._decoder.push(token_id))
         return self._release(final=False), self.stopped
 
     def finish(self) -> str:
         """The rest of the text once generation has ended for any other reason."""
         if not self.stopped:
-            self.text += self._decoder.finish()
+            self._grow(self._decoder.finish())
         return self._release(final=True)
+
+    def _grow(self, delta: str) -> None:
+        self.text += delta
+        self.decoded += len(delta)
 
     def _release(self, final: bool) -> str:
         if self.stopped:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from wikigpt_core.llm import offline, prompts
-from wikigpt_core.llm.client import Completion, RetryableError, TeacherAuthError, TeacherError
+from wikigpt_core.llm.contract import Completion, RetryableError, TeacherAuthError, TeacherError
 
 KEY_FALLBACK_ENV = "OPENAI_API_KEY"
 """Read when the configured key variable is unset (the OpenAI client's own variable)."""

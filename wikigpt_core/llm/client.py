@@ -18,37 +18,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from wikigpt_core.config import TeacherConfig
 from wikigpt_core.llm.cache import ResponseCache, request_key
+from wikigpt_core.llm.contract import (ChatBackend, Completion, RetryableError, TeacherAuthError,
+                                       TeacherError)
 from wikigpt_core.llm.prompts import REPLY_FIELDS, ReplyFormatError, parse_json_reply, reply_schema
-
-
-class TeacherError(RuntimeError):
-    """A request that failed for good (after retries, or with a non-retryable error)."""
-
-
-class RetryableError(TeacherError):
-    """A transient failure (5xx, 429, timeout, connection): worth another try."""
-
-
-class TeacherAuthError(TeacherError):
-    """The endpoint refused the API key (HTTP 401/403): every further request would be refused
-    too, so the stage stops at once and no retry can help."""
-
-    transient = False
 
 
 class RequestCapReached(TeacherError):
     """The stage's request cap was spent before this request could be sent."""
-
-
-@dataclass
-class Completion:
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 @dataclass
@@ -85,13 +65,6 @@ def parse_reply(result: Completion | TeacherError, kind: str) -> dict[str, Any] 
         return parse_json_reply(result.text, REPLY_FIELDS[kind])
     except ReplyFormatError as e:
         return Failure("bad_reply", str(e))
-
-
-class ChatBackend(Protocol):
-    backend_id: str
-    """Identity folded into the cache key (backend kind + model), never a secret."""
-
-    def complete(self, body: dict[str, Any]) -> Completion: ...
 
 
 class ChatClient:
@@ -234,17 +207,17 @@ class ChatClient:
             raise err
 
 
-def make_client(cfg: TeacherConfig, cache_dir: Path | None, *, base_url: str | None = None,
+def make_client(cfg: TeacherConfig, cache_dir: Path | None, *,
                 max_requests: int | None = None) -> ChatClient:
-    """The client `cfg` describes. `base_url` overrides `cfg.base_url`
-    (a launched endpoint); `max_requests` caps what the client sends."""
+    """The client `cfg` describes (a launched endpoint arrives as `cfg.base_url`);
+    `max_requests` caps what the client sends."""
     from wikigpt_core.llm.backends import OfflineBackend, OpenAIBackend
 
     if cfg.backend == "offline":
         backend: ChatBackend = OfflineBackend()
         model = OfflineBackend.model
     elif cfg.backend == "openai":
-        backend = OpenAIBackend(base_url or cfg.base_url, cfg.model, timeout_s=cfg.timeout_s,
+        backend = OpenAIBackend(cfg.base_url, cfg.model, timeout_s=cfg.timeout_s,
                                 api_key_env=cfg.api_key_env, max_connections=cfg.concurrency)
         model = cfg.model
     else:

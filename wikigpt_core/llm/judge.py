@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 from wikigpt_core.llm import prompts
 from wikigpt_core.llm.budget import FailureBudget
 from wikigpt_core.llm.client import ChatClient, Failure, TeacherUsage, parse_reply
+from wikigpt_core.llm.offline import CUT_MARK
+
+
+def judge_text(reply) -> str:
+    """What the judge sees of a generated reply (`.text`, `.stopped`): a reply that never
+    emitted <|end|> is marked as cut off."""
+    return reply.text if reply.stopped else f"{reply.text} {CUT_MARK}".strip()
 
 
 @dataclass(frozen=True)

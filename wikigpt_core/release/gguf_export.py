@@ -1,4 +1,5 @@
-"""Optional: a release folder -> one GGUF file for llama.cpp (architecture `llama`).
+"""A release folder -> one GGUF file for llama.cpp (architecture `llama`); the `gguf_release`
+stage writes its f16 and Q8_0 files with it.
 
 Same tensor mapping as llama.cpp's own HF converter: q/k rows are permuted back from the HF
 rotate-half layout to the interleaved-pair layout llama.cpp's llama RoPE expects; norms stay
@@ -18,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from wikigpt_core.config import GGUF_TYPES
 from wikigpt_core.release.hf_export import ConversionError, gpt_config_from_llama
 
-TYPES = GGUF_TYPES
+TYPES = ("q8_0", "f16", "f32")
 _BLOCK = {
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight",

@@ -37,16 +37,18 @@ def tokenizer_config(tok: WikiTokenizer, model_max_length: int) -> dict[str, Any
     }
 
 
-def generation_config(tok: WikiTokenizer) -> dict[str, Any]:
+def generation_config(tok: WikiTokenizer, context: int) -> dict[str, Any]:
     """Serving defaults (docs/reference.md, "Serving"): sample at temperature 0.7, top-p 0.9;
-    stop on <|end|>."""
+    stop on <|end|>. The length limit is the context (`max_length`), never a `max_new_tokens`:
+    `generate` lets a `max_new_tokens` here override a caller's `max_length`, so a caller asking
+    for 32 tokens would get 256, past the context; a caller's own setting of either wins."""
     return {
         "eos_token_id": tok.end_id,
         "pad_token_id": tok.doc_id,
         "do_sample": True,
         "temperature": 0.7,
         "top_p": 0.9,
-        "max_new_tokens": 256,
+        "max_length": context,
     }
 
 
@@ -57,7 +59,7 @@ def write_tokenizer_files(tokenizer_dir: Path, out_dir: Path, model_max_length: 
     src = src / TOKENIZER_FILE if src.is_dir() else src
     shutil.copyfile(src, Path(out_dir) / TOKENIZER_FILE)
     _write_json(Path(out_dir) / "tokenizer_config.json", tokenizer_config(tok, model_max_length))
-    _write_json(Path(out_dir) / "generation_config.json", generation_config(tok))
+    _write_json(Path(out_dir) / "generation_config.json", generation_config(tok, model_max_length))
     return tok
 
 

@@ -12,12 +12,14 @@ from typing import Any
 
 import yaml
 
+from wikigpt_core.checkpoints import CHECKPOINT_ASSETS
 from wikigpt_core.eval.lm_harness import HUB_DATASETS, TASK_NAMES, LmEvalOutcome, lm_eval_rows
 from wikigpt_core.llm.labels import is_rule_system, who
 from wikigpt_core.model import GPTConfig
+from wikigpt_core.release.publish import gguf_repo_id
 
 NA = "n/a"
-CHECKPOINTS = ("base_checkpoint", "sft_checkpoint", "dpo_checkpoint")
+CHECKPOINTS = tuple(CHECKPOINT_ASSETS.values())
 LICENSE_URL = "https://creativecommons.org/licenses/by-sa/4.0/legalcode"
 
 
@@ -130,7 +132,7 @@ def _eval_section(report: dict[str, Any], lm_eval: LmEvalOutcome | None = None) 
     if ppl:
         base = ppl.get("base")
         rows = []
-        for name in ("base", "sft", "dpo"):
+        for name in CHECKPOINT_ASSETS:
             v = ppl.get(name)
             delta = f"{100 * (v - base) / base:+.1f} %" if v is not None and base else NA
             rows.append([name, v, delta])
@@ -220,9 +222,10 @@ def _data_prose(lineage: dict[str, dict]) -> str:
 def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, lineage: dict[str, dict],
                       report: dict[str, Any], datasets: list[str], sft_data_url: str = "",
                       preference_data_url: str = "", hub_id: str = "",
-                      lm_eval: LmEvalOutcome | None = None) -> str:
+                      lm_eval: LmEvalOutcome | None = None, gguf: bool = False) -> str:
     """README.md for the Hub repo: front matter (with the eval results as a `model-index`) plus
-    the sections listed in docs/reference.md ("Release layout")."""
+    the sections listed in docs/reference.md ("Release layout"). `gguf`: the release has GGUF
+    files too (the `gguf_release` asset), published as `<hub_id>-GGUF`."""
     L = lineage
     # the language cleaning filtered the corpus for (recorded in its stats; older runs: English)
     language = stat(L, "cleaned_articles", "language") or "en"
@@ -314,6 +317,7 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
         "print(tok.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n```\n",
         "Or serve it: `wikigpt serve --release <this folder>` (SSE `/chat`, OpenAI-compatible "
         "`/v1/chat/completions`, and a web page at `/`).\n",
+        _gguf_pointer(repo_name, hub_id) if gguf else "",
         "## Limitations\n",
         "- It hallucinates: names, dates and numbers are often wrong, stated fluently.\n"
         + ("- English only.\n" if language == "en" else
@@ -329,6 +333,71 @@ def render_model_card(*, repo_name: str, model_cfg: GPTConfig, params: int, line
     return "\n".join(sections)
 
 
+def _gguf_pointer(repo_name: str, hub_id: str) -> str:
+    where = (f"[{gguf_repo_id(hub_id)}](https://huggingface.co/{gguf_repo_id(hub_id)})" if hub_id
+             else f"`{gguf_repo_id(repo_name)}` (the `gguf_release` asset; not published)")
+    return ("For llama.cpp and Ollama: GGUF files (f16, Q8_0, Q4_K_M) with an Ollama `Modelfile` "
+            f"and their measured perplexity are in {where}.\n")
+
+
+def _gguf_front_matter(repo_name: str, source_repo: str) -> str:
+    lines = ["---", "license: cc-by-sa-4.0", "language:", "- en", "pipeline_tag: text-generation"]
+    lines += [f"base_model: {source_repo}", "base_model_relation: quantized"] if source_repo else []
+    lines += ["tags:"] + [f"- {t}" for t in ("gguf", "llama", "llama.cpp", "ollama", "wikipedia", "wikigpt")]
+    lines += [f"model_name: {repo_name}-GGUF", "---", ""]
+    return "\n".join(lines)
+
+
+GGUF_FILE_NOTES = {
+    "f16": "the exported weights at 16-bit; the reference for the others",
+    "Q8_0": "8-bit, nearly lossless",
+    "Q4_K_M": "llama.cpp's 4-bit K-quant mix, the usual choice for local use",
+}
+
+
+def render_gguf_card(repo_name: str, files: dict[str, dict[str, Any]], *, source_repo: str = "",
+                     hub_id: str = "") -> str:
+    """README.md of the GGUF repo: the files and their tensor types, how to run them in
+    Ollama and llama.cpp, and where the measured figures are. `files`: label -> {file,
+    bytes, tensor_types}."""
+    source = (f"[{source_repo}](https://huggingface.co/{source_repo})" if source_repo
+              else f"`{repo_name}` (the `hf_release` asset)")
+    rows = [[f"`{f['file']}`", label, f"{f['bytes'] / 1e6:.2f}",
+             ", ".join(f"{k} × {v}" for k, v in f["tensor_types"].items()), GGUF_FILE_NOTES.get(label, "")]
+            for label, f in files.items()]
+    q4 = files.get("Q4_K_M", next(iter(files.values())))["file"]
+    repo = hub_id or gguf_repo_id(repo_name)
+    return "\n".join([
+        _gguf_front_matter(repo_name, source_repo),
+        f"# {repo_name}-GGUF\n",
+        f"GGUF files of {source} for llama.cpp and Ollama, with the same chat template "
+        "and the same weights (quantized).\n",
+        _table(["file", "type", "MB", "tensor types", "note"], rows),
+        "\nK-quants quantize rows in blocks of 256 weights; llama.cpp gives a tensor whose rows "
+        "are shorter a fallback type (Q5_0 for Q4_K, Q8_0 for Q6_K), so a small model's Q4_K_M "
+        "holds the types listed above rather than 4-bit K blocks.\n",
+        "Validation perplexity (llama.cpp, on the release's own validation windows), size and CPU "
+        "decode speed of each file, measured when these files were made: `run/quantization.md`.\n",
+        "## Ollama\n",
+        "```sh\n"
+        f"huggingface-cli download {repo} --local-dir {repo_name}-GGUF\n"
+        f"cd {repo_name}-GGUF\n"
+        f"ollama create {repo_name} -f Modelfile   # FROM ./{q4}; edit it for another file\n"
+        f"ollama run {repo_name} \"Who was Ada Lovelace?\"\n```\n",
+        "The `Modelfile` carries the chat template (a system message is folded into the first "
+        "user turn, as the model was trained), the stop tokens and the default sampling "
+        "parameters.\n",
+        "## llama.cpp\n",
+        "```sh\n"
+        f"llama-server -m {q4} --jinja --port 8080      # OpenAI-compatible /v1/chat/completions\n"
+        f"llama-cli -m {q4} --jinja -cnv\n```\n",
+        "`--jinja` applies the chat template stored in the file. With llama-cpp-python: "
+        f"`python -m llama_cpp.server --model {q4}`.\n",
+        "## License\n",
+        f"CC BY-SA 4.0, like the weights they are made from: {LICENSE_URL}.\n",
+    ])
+
+
 def render_gallery(report: dict[str, Any]) -> str:
     """gallery.md: every gallery prompt with each checkpoint's answer, verbatim."""
     items = report.get("gallery") or []
@@ -340,7 +409,7 @@ def render_gallery(report: dict[str, Any]) -> str:
     for item in items:
         out += [f"## {item.get('id', '?')}. {item.get('type', '')}".rstrip(), "",
                 "**Prompt:** " + str(item.get("prompt", "")), ""]
-        for ck in ("base", "sft", "dpo"):
+        for ck in CHECKPOINT_ASSETS:
             if ck in item:
                 text = str(item[ck])
                 fence = "`" * max(3, _longest_backtick_run(text) + 1)  # keeps text verbatim

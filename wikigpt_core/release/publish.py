@@ -12,6 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,19 @@ def hub_target_from_env() -> HubTarget | None:
     if not repo_id or not token:
         return None
     return HubTarget(repo_id=repo_id, token=token, endpoint=os.environ.get("HF_ENDPOINT") or None)
+
+
+GGUF_SUFFIX = "-GGUF"
+"""The Hub convention: a model's GGUF files live in `<repo>-GGUF`."""
+
+
+def gguf_target(target: HubTarget) -> HubTarget:
+    """Where the GGUF files of the release at `target` are published."""
+    return HubTarget(repo_id=gguf_repo_id(target.repo_id), token=target.token, endpoint=target.endpoint)
+
+
+def gguf_repo_id(repo_id: str) -> str:
+    return repo_id + GGUF_SUFFIX
 
 
 def _scrub(text: str, secret: str) -> str:
@@ -64,9 +78,11 @@ def smoke_test(folder: Path) -> str:
     return tok.decode(reply.tokens)
 
 
-def publish(folder: Path, target: HubTarget, commit_message: str = "WikiGPT release") -> dict[str, str]:
+def publish(folder: Path, target: HubTarget, commit_message: str = "WikiGPT release",
+            smoke: Callable[[Path], str] = smoke_test) -> dict[str, str]:
     """Create the repo if needed, upload the folder, download it again into a temp dir, check
-    every file's sha256 and run the smoke test there. Returns {"repo_id", "commit"}."""
+    every file's sha256 and run `smoke` on that copy (it returns a generated reply). Returns
+    {"repo_id", "commit"}."""
     from huggingface_hub import HfApi, snapshot_download
 
     api = HfApi(endpoint=target.endpoint, token=target.token)
@@ -85,7 +101,7 @@ def publish(folder: Path, target: HubTarget, commit_message: str = "WikiGPT rele
             if changed:
                 raise PublishError(f"re-downloaded {target.repo_id} differs from the local release "
                                    f"in {changed}")
-            sample = smoke_test(copy)
+            sample = smoke(copy)
         log.info("re-downloaded %s and generated a smoke-test reply (%d chars)", target.repo_id, len(sample))
     except PublishError:
         raise

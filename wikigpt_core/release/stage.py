@@ -6,13 +6,12 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from wikigpt_core.artifacts import ArtifactWriter, StageResult, content_hash
-from wikigpt_core.config import PROFILES, ReleaseConfig
+from wikigpt_core.config import ReleaseConfig
 from wikigpt_core.eval.lm_harness import read_lm_eval
 from wikigpt_core.model_io import config_to_dict, load_model
 from wikigpt_core.release.hf_export import HF_CONFIG, HF_WEIGHTS, llama_config, write_hf_weights
@@ -34,12 +33,6 @@ def read_report(eval_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); re-materialize `eval_report`") from None
-
-
-def _profile(out: Path) -> str:
-    # Artifacts live at $WIKIGPT_HOME/<profile>/<asset>, so the parent names the profile.
-    name = Path(out).resolve().parent.name
-    return name if name in PROFILES else os.environ.get("WIKIGPT_PROFILE", "unknown")
 
 
 def _license_text() -> str:
@@ -75,9 +68,10 @@ def verify_inputs(dirs: dict[str, Path], lineage: dict[str, dict]) -> dict[str, 
 
 
 def run_release(cfg: ReleaseConfig, dpo_dir: Path, tokenizer_dir: Path, eval_dir: Path, out: Path,
-                lineage: dict[str, dict]) -> StageResult:
+                lineage: dict[str, dict], *, profile: str) -> StageResult:
     """Write the release folder at `out` (atomically) and publish it when HF_REPO_ID and
-    HF_TOKEN are set. Stats: params, files, bytes, published, repo_id."""
+    HF_TOKEN are set. `profile` (the spec's) is recorded in run_manifest.json and in the Hub
+    commit message. Stats: params, files, bytes, published, repo_id."""
     verified = verify_inputs({"dpo_checkpoint": dpo_dir, "tokenizer": tokenizer_dir,
                               "eval_report": eval_dir}, lineage)
     model = load_model(dpo_dir)
@@ -99,25 +93,22 @@ def run_release(cfg: ReleaseConfig, dpo_dir: Path, tokenizer_dir: Path, eval_dir
             lm_eval=read_lm_eval(eval_dir),
             sft_data_url=f"https://huggingface.co/datasets/{cfg.sft_dataset_repo}" if cfg.sft_dataset_repo else "",
             preference_data_url=(f"https://huggingface.co/datasets/{cfg.preference_dataset_repo}"
-                                 if cfg.preference_dataset_repo else ""))
+                                 if cfg.preference_dataset_repo else ""),
+            gguf=cfg.gguf)
         (w.dir / "README.md").write_text(card, encoding="utf-8")
         (w.dir / "gallery.md").write_text(render_gallery(report), encoding="utf-8")
         (w.dir / "LICENSE").write_text(_license_text(), encoding="utf-8")
-        manifest = build_run_manifest(profile=_profile(out), release_config=dataclasses.asdict(cfg),
+        manifest = build_run_manifest(profile=profile, release_config=dataclasses.asdict(cfg),
                                       model_config=config_to_dict(model.config), lineage=lineage,
                                       weights_sha256=_sha256(w.dir / HF_WEIGHTS), verified_inputs=verified)
         (w.dir / "run_manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        if cfg.gguf_type:
-            from wikigpt_core.release.gguf_export import export_gguf
-
-            export_gguf(w.dir, w.dir / f"{cfg.repo_name}-{cfg.gguf_type}.gguf", cfg.gguf_type)
         files = [p for p in w.dir.rglob("*") if p.is_file()]
         w.stats.update(params=params, files=len(files), bytes=sum(p.stat().st_size for p in files),
                        published=False, repo_id=target.repo_id if target else cfg.repo_name)
         if target is not None:
             # Upload the finished folder before it is swapped into place: a failed upload fails
             # the stage and leaves the previous release untouched.
-            publish(w.dir, target, commit_message=f"WikiGPT release ({_profile(out)} profile)")
+            publish(w.dir, target, commit_message=f"WikiGPT release ({profile} profile)")
             w.stats["published"] = True
         else:
             log.info("HF_REPO_ID/HF_TOKEN not both set: release kept local at %s", out)

@@ -4,6 +4,16 @@
 Errors: `/chat` answers 422 for a bad body (its documented contract); the `/v1` endpoints answer 400 with an
 OpenAI-style `error` object, as OpenAI-compatible clients expect. Both carry `detail` and
 `error.message` with the same text. Bodies are bounded in size and read time (`limits.py`).
+As in vLLM and OpenAI: a chat that does not fit the context is a 400 `context_length_exceeded`
+on `/v1` (`/chat` crops the oldest whole turns instead, keeping the system text); a model name
+the server does not serve is a 404 `model_not_found`; a 503 says when to retry (`errors.py`).
+
+Tokens: a raw `/v1/completions` prompt is tokenized as the release's tokenizer does (special-token
+text is the special id), chat content never becomes a special (it cannot forge turns).
+Logprobs list what the text shows: a token's entry travels with the text that shows it, and
+the tokens of a stop string never appear. `/v1/chat/completions` lists nothing else;
+`/v1/completions` also lists, last, the generated tokens that show no text (a final stop token,
+a trailing partial character), one entry per generated token (see `_final_entries`).
 A request whose client has left stops generating: streams notice when a write fails, and a
 non-streaming request checks its connection every `DISCONNECT_POLL_S` while it waits.
 """
@@ -15,6 +25,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -25,12 +36,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from wikigpt_core.chat import ChatFormatError
 from wikigpt_core.generation import TokenLogprob
 from wikigpt_core.generation.text import token_bytes, token_text
-from wikigpt_core.serve.engine import (Delta, Done, Engine, EngineDead, Job, Params, PromptTooLong,
-                                       QueueFull)
+from wikigpt_core.tokenizer import SPECIAL_TOKENS
+from wikigpt_core.serve.engine import (BadPrompt, Delta, Done, Engine, EngineDead, Job, Params,
+                                       PromptTooLong, QueueFull)
 from wikigpt_core.serve.errors import error_response as _error
 from wikigpt_core.serve.limits import BodyLimit, Limits
 from wikigpt_core.serve.schemas import ChatRequest, CompletionRequest, TextCompletionRequest
 
+SPECIAL_IDS = range(len(SPECIAL_TOKENS))  # the tokenizer pins the specials to the first ids
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 OPEN_PATHS = {"/", "/health"}  # reachable without the bearer token
 DEFAULT_CHAT_TOKENS = 256
@@ -59,10 +72,14 @@ def _page() -> str:
     return (resources.files("wikigpt_core") / "resources" / "chat.html").read_text(encoding="utf-8")
 
 
-def create_app(engine: Engine, token: str | None = None, limits: Limits = Limits()) -> FastAPI:
+def create_app(engine: Engine, token: str | None = None, limits: Limits = Limits(),
+               aliases: tuple[str, ...] = ()) -> FastAPI:
+    """`aliases`: more model names the server answers to, beside `engine.name` (which it
+    reports); /v1/models lists them all, and any other name is a 404."""
     app = FastAPI(title="WikiGPT", docs_url=None, redoc_url=None, openapi_url=None)
     page = _page()
     tok = engine.tok
+    served = tuple(dict.fromkeys((engine.name, *aliases)))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -88,14 +105,24 @@ def create_app(engine: Engine, token: str | None = None, limits: Limits = Limits
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": engine.name, "object": "model",
-                                            "created": int(engine.started), "owned_by": "wikigpt"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": int(engine.started),
+                                            "owned_by": "wikigpt", "root": engine.name}
+                                           for name in served]}
+
+    def _unknown_model(name: str | None) -> JSONResponse | None:
+        """A 404 for a model this server does not serve, as vLLM answers (no name: the served one)."""
+        if name is None or name in served:
+            return None
+        return _error(404, f"the model {name!r} is not served here; use {' or '.join(map(repr, served))} "
+                      "(GET /v1/models lists them)", "invalid_request_error", code="model_not_found")
 
     def _submit(submit, *args, bad_status: int = 400) -> Job | JSONResponse:
         try:
             return submit(*args)
-        except (ChatFormatError, PromptTooLong) as e:
+        except (ChatFormatError, BadPrompt) as e:
             return _error(bad_status, str(e))
+        except PromptTooLong as e:
+            return _error(bad_status, str(e), code=e.code)
         except QueueFull as e:
             return _error(503, f"server busy: {e}", "server_busy")
         except EngineDead as e:
@@ -121,19 +148,26 @@ def create_app(engine: Engine, token: str | None = None, limits: Limits = Limits
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: CompletionRequest, request: Request) -> Any:
+        if (refused := _unknown_model(req.model)) is not None:
+            return refused
         try:
             messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         except ValueError as e:
             return _error(400, f"messages: {e}")
-        params = Params(req.max_completion_tokens or req.max_tokens or DEFAULT_CHAT_TOKENS,
-                        req.temperature, req.top_p, req.seed, stop=req.stop_strings(),
+        ids = _submit(engine.render, messages)  # whole: too long is a 400, as vLLM and OpenAI answer
+        if isinstance(ids, JSONResponse):
+            return ids
+        # Unset, the reply may use the rest of the context (at most DEFAULT_CHAT_TOKENS), as in vLLM.
+        max_tokens = req.max_completion_tokens or req.max_tokens or \
+            max(1, min(DEFAULT_CHAT_TOKENS, engine.block_size - len(ids)))
+        params = Params(max_tokens, req.temperature, req.top_p, req.seed, stop=req.stop_strings(),
                         logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
-        job = _submit(engine.submit, messages, params, req.n)
+        job = _submit(engine.submit_ids, ids, params, req.n)
         if isinstance(job, JSONResponse):
             return job
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": cid, "created": created, "model": engine.name}
-        lp = (lambda items: {"content": [_chat_logprob(tok, x) for x in items], "refusal": None}) \
+        lp = (lambda items: {"content": [_chat_logprob(tok, x) for x in _shown(items)], "refusal": None}) \
             if req.logprobs else (lambda items: None)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -142,13 +176,18 @@ def create_app(engine: Engine, token: str | None = None, limits: Limits = Limits
         if (failed := _failure(dones)) is not None:
             return failed
         choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
-                    "finish_reason": dones[i].finish_reason, "logprobs": lp(logprobs[i])}
+                    "finish_reason": dones[i].finish_reason,
+                    "logprobs": lp([x.logprob for x in logprobs[i]])}
                    for i in range(job.n)]
         return {**head, "object": "chat.completion", "choices": choices, "usage": _usage(job, dones)}
 
     @app.post("/v1/completions")
     async def text_completions(req: TextCompletionRequest, request: Request) -> Any:
-        prompts = [p if isinstance(p, list) else tok.encode(p) for p in req.prompts()]
+        if (refused := _unknown_model(req.model)) is not None:
+            return refused
+        texts = req.prompts()
+        # Raw text is tokenized as the release's tokenizer does: "<|end|>" is the special id.
+        prompts = [p if isinstance(p, list) else tok.encode_raw(p) for p in texts]
         params = Params(req.max_tokens, req.temperature, req.top_p, req.seed, stop=req.stop_strings(),
                         logprobs=req.logprobs is not None, top_logprobs=req.logprobs or 0,
                         prompt_logprobs=req.echo and req.logprobs is not None)
@@ -163,22 +202,20 @@ def create_app(engine: Engine, token: str | None = None, limits: Limits = Limits
                 return job
             jobs.append(job)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name}
+        echoes = [_echo_text(tok, p) for p in texts] if req.echo else [""] * len(jobs)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _stream(jobs[0], _text_chunks(jobs[0], head, tok, req, usage))
+            return _stream(jobs[0], _text_chunks(jobs[0], head, tok, req, echoes[0], usage))
         choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         try:
             for p, job in enumerate(jobs):
                 texts, dones, logprobs = await _collect(job, request)
                 if (failed := _failure(dones)) is not None:
                     return failed
-                prefix = tok.decode(job.ids) if req.echo else ""
                 for i in range(job.n):
-                    scored = (dones[i].prompt_logprobs if req.echo else []) + logprobs[i]
-                    ids = (job.ids if req.echo else []) + dones[i].tokens
-                    choices.append({"index": p * job.n + i, "text": prefix + texts[i],
+                    choices.append({"index": p * job.n + i, "text": echoes[p] + texts[i],
                                     "finish_reason": dones[i].finish_reason,
-                                    "logprobs": _text_logprobs(tok, ids, scored, req.echo)
+                                    "logprobs": _text_logprobs(tok, logprobs[i] + _final_entries(dones[i]))
                                     if req.logprobs is not None else None})
                 for k, v in _usage(job, dones).items():
                     usage[k] += v
@@ -259,16 +296,17 @@ async def _next_event(job: Job, watch: _DisconnectWatch | None) -> Delta | Done:
             pass
 
 
-async def _collect(job: Job, request: Request) -> tuple[list[str], list[Done], list[list[TokenLogprob]]]:
+async def _collect(job: Job, request: Request) -> tuple[list[str], list[Done], list[list[Scored]]]:
+    """Per choice: the text, the Done, and (prompt entries first, when scored) the logprobs."""
     texts: list[list[str]] = [[] for _ in range(job.n)]
-    logprobs: list[list[TokenLogprob]] = [[] for _ in range(job.n)]
+    logprobs: list[list[Scored]] = [[] for _ in range(job.n)]
     dones: list[Done | None] = [None] * job.n
     async for item in _events(job, request):
         if isinstance(item, Done):
             dones[item.index] = item
         else:
             texts[item.index].append(item.text)
-            logprobs[item.index] += item.logprobs
+            logprobs[item.index] += _prompt_entries(job, item) + _entries(item.logprobs)
     return ["".join(t) for t in texts], dones, logprobs  # type: ignore[return-value]
 
 
@@ -298,19 +336,57 @@ def _chat_logprob(tok, lp: TokenLogprob) -> dict[str, Any]:
     return {**one(lp.token_id, lp.logprob), "top_logprobs": [one(i, v) for i, v in lp.top]}
 
 
-def _text_logprobs(tok, ids: list[int], scored: list[TokenLogprob | None], echo: bool,
-                   offset: int = 0) -> dict[str, Any]:
-    """Legacy completions logprobs: tokens, token_logprobs, top_logprobs, text_offset. With
-    echo the first prompt token has no log-probability (nothing precedes it): null."""
-    tokens = [token_text(tok, i) for i in ids]
+@dataclass
+class Scored:
+    """One entry of a legacy completions logprobs listing."""
+
+    token_id: int
+    logprob: TokenLogprob | None
+    """None for the first prompt token: nothing precedes it."""
+
+
+def _entries(logprobs: list[TokenLogprob]) -> list[Scored]:
+    return [Scored(lp.token_id, lp) for lp in logprobs]
+
+
+def _prompt_entries(job: Job, delta: Delta) -> list[Scored]:
+    """The prompt's entries, if this Delta carries them (the first of a scoring choice)."""
+    if not delta.prompt_logprobs:
+        return []
+    return [Scored(i, lp) for i, lp in zip(job.ids, delta.prompt_logprobs, strict=True)]
+
+
+def _final_entries(done: Done) -> list[Scored]:
+    """The entries of the trailing tokens that show no text, the final stop token last.
+    Completions list them, as vLLM does: loglikelihood clients (lm-eval) count on one entry per
+    generated token and read the last one as the generated token."""
+    stop = [] if done.stop_logprob is None else [done.stop_logprob]
+    return _entries(done.unshown_logprobs + stop)
+
+
+def _shown(logprobs: list[TokenLogprob]) -> list[TokenLogprob]:
+    """What chat logprobs list: the tokens the content shows (no specials)."""
+    return [lp for lp in logprobs if lp.token_id not in SPECIAL_IDS]
+
+
+def _echo_text(tok, prompt: str | list[int]) -> str:
+    """The prompt as echoed: the text as sent, or the ids' text with specials spelled out (so
+    the listed tokens join to it)."""
+    return prompt if isinstance(prompt, str) else tok.decode(prompt, skip_special_tokens=False)
+
+
+def _text_logprobs(tok, entries: list[Scored], offset: int = 0) -> dict[str, Any]:
+    """Legacy completions logprobs: tokens, token_logprobs, top_logprobs, text_offset (where
+    each token starts in the choice's whole text; `offset`: the characters before these)."""
+    tokens = [token_text(tok, e.token_id) for e in entries]
     offsets, pos = [], offset
     for t in tokens:
         offsets.append(pos)
         pos += len(t)
     return {"tokens": tokens,
-            "token_logprobs": [None if s is None else s.logprob for s in scored],
-            "top_logprobs": [None if s is None else {token_text(tok, i): v for i, v in s.top}
-                             for s in scored],
+            "token_logprobs": [None if e.logprob is None else e.logprob.logprob for e in entries],
+            "top_logprobs": [None if e.logprob is None else {token_text(tok, i): v for i, v in e.logprob.top}
+                             for e in entries],
             "text_offset": offsets}
 
 
@@ -337,33 +413,36 @@ async def _chat_chunks(job: Job, head: dict[str, Any], lp, include_usage: bool) 
     yield "data: [DONE]\n\n"
 
 
-async def _text_chunks(job: Job, head: dict[str, Any], tok, req: TextCompletionRequest,
+async def _text_chunks(job: Job, head: dict[str, Any], tok, req: TextCompletionRequest, echo: str,
                        include_usage: bool) -> AsyncIterator[str]:
     def chunk(index: int, text: str, finish: str | None = None, logprobs=None) -> str:
         return _sse({**head, "object": "text_completion",
                      "choices": [{"index": index, "text": text, "finish_reason": finish,
                                   "logprobs": logprobs}]})
 
+    def listing(entries: list[Scored], index: int):
+        return _text_logprobs(tok, entries, shown[index]) if want else None
+
     want = req.logprobs is not None
+    shown = [0] * job.n  # characters each choice has streamed: where its next text_offset starts
+    echoed: set[int] = set()
     dones = []
-    echoed = set()
     async for item in _events(job):
         if req.echo and item.index not in echoed:  # the prompt goes first, once per choice
             echoed.add(item.index)
-            prompt_lp = None
-            if want and isinstance(item, Done):
-                prompt_lp = _text_logprobs(tok, job.ids, item.prompt_logprobs, True)
-            yield chunk(item.index, tok.decode(job.ids), logprobs=prompt_lp)
+            prompt = _prompt_entries(job, item) if isinstance(item, Delta) else []
+            yield chunk(item.index, echo, logprobs=listing(prompt, item.index))
+            shown[item.index] = len(echo)
         if isinstance(item, Done):
             if item.error:
                 yield _sse({"error": {"message": f"generation failed: {item.error}", "type": "server_error"}})
                 break
             dones.append(item)
-            yield chunk(item.index, "", item.finish_reason)
-        else:
-            ids = [x.token_id for x in item.logprobs]
-            yield chunk(item.index, item.text,
-                        logprobs=_text_logprobs(tok, ids, item.logprobs, False) if want else None)
+            final = _final_entries(item)
+            yield chunk(item.index, "", item.finish_reason, logprobs=listing(final, item.index) if final else None)
+        elif item.text or item.logprobs:  # not a Delta that only carried the prompt's logprobs
+            yield chunk(item.index, item.text, logprobs=listing(_entries(item.logprobs), item.index))
+            shown[item.index] += len(item.text)
     if include_usage and len(dones) == job.n:
         yield _sse({**head, "object": "text_completion", "choices": [], "usage": _usage(job, dones)})
     yield "data: [DONE]\n\n"

@@ -38,6 +38,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue", type=int, default=16,
                    help="sequences that may wait beyond the batch; more get 503 (default 16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                   help="the model names the OpenAI endpoints accept (others get 404); the first is "
+                        "the one reported (default: the release's repo name)")
     p.add_argument("--log-level", default="info")
     _limit_arguments(p)
     args = p.parse_args(argv)
@@ -64,8 +67,10 @@ def serve_main(argv: list[str] | None = None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         logging.getLogger("wikigpt.serve").warning(
             "binding %s without --token: anyone who can reach this port can use the model", args.host)
-    engine = Engine.from_release(release, max_queue=args.max_queue, max_batch=args.max_batch)
-    app = create_app(engine, token=token, limits=limits)
+    names = args.served_model_name or [None]
+    engine = Engine.from_release(release, max_queue=args.max_queue, max_batch=args.max_batch,
+                                 name=names[0])
+    app = create_app(engine, token=token, limits=limits, aliases=tuple(n for n in names[1:] if n))
     print(f"serving {engine.name} from {release} on http://{args.host}:{args.port} "
           f"(auth {'on' if token else 'off'})", flush=True)
     uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, limits=limits,

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from wikigpt_core.chat import ChatFormatError
+from wikigpt_core.chat import ChatFormatError, render_prompt
 from wikigpt_core.generation import (BatchDecoder, SamplingParams, Sequence, TokenLogprob,
                                      crop_conversation, prompt_budget)
 from wikigpt_core.generation.batch import MAX_SEED
@@ -45,8 +45,15 @@ class EngineDead(RuntimeError):
     """The generation worker has stopped; the server must be restarted."""
 
 
+class BadPrompt(ValueError):
+    """A raw prompt the model cannot read (empty, or ids outside the vocabulary)."""
+
+
 class PromptTooLong(ValueError):
-    """A raw prompt that does not fit the context with its token budget."""
+    """A prompt that does not fit the context with its token budget (OpenAI's and vLLM's
+    `context_length_exceeded`)."""
+
+    code = "context_length_exceeded"
 
 
 def Params(max_new_tokens: int = 256, temperature: float = 0.7, top_p: float = 0.9,
@@ -57,11 +64,13 @@ def Params(max_new_tokens: int = 256, temperature: float = 0.7, top_p: float = 0
 
 @dataclass
 class Delta:
-    """New text (and the tokens' logprobs, when asked) of choice `index`."""
+    """New text (and the logprobs of the tokens it shows, when asked) of choice `index`. The
+    first event of a choice that scores its prompt carries `prompt_logprobs`."""
 
     text: str
     index: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass
@@ -76,7 +85,10 @@ class Done:
     index: int = 0
     tokens: list[int] = field(default_factory=list)
     """The generated ids, a final stop token included."""
-    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
+    unshown_logprobs: list[TokenLogprob] = field(default_factory=list)
+    """Logprobs of trailing tokens no text followed (a partial character, a special)."""
+    stop_logprob: TokenLogprob | None = None
+    """The final stop token's log-probability (when asked), which no `Delta` carries."""
 
 
 @dataclass(eq=False)
@@ -139,28 +151,43 @@ class Engine:
     def prompt_budget(self, max_new_tokens: int) -> int:
         return prompt_budget(self.block_size, max_new_tokens)
 
+    def render(self, messages: list[dict[str, str]]) -> list[int]:
+        """A conversation's prompt ids, whole (no cropping); raises ChatFormatError."""
+        self._check_size(messages)
+        return render_prompt(messages, self.tok)
+
     def submit(self, messages: list[dict[str, str]], params: SamplingParams, n: int = 1) -> Job:
-        """Render, crop and enqueue a chat; raises ChatFormatError (bad messages) or QueueFull."""
-        if isinstance(messages, list):
-            chars = sum(len(m.get("content") or "") for m in messages if isinstance(m, dict)
-                        and isinstance(m.get("content"), str))
-            if chars > MAX_CHARS:
-                raise ChatFormatError(f"the conversation has {chars:,} characters; the limit is "
-                                      f"{MAX_CHARS:,} (only the last {self.block_size} tokens are used anyway)")
+        """Render, crop by whole turns (the system text kept) and enqueue a chat; raises
+        ChatFormatError (bad messages, or a system text that alone fills the context) or QueueFull."""
+        self._check_size(messages)
         ids, cropped = crop_conversation(messages, self.tok, self.prompt_budget(params.max_new_tokens))
         return self._enqueue(ids, params, cropped, n)
 
     def submit_ids(self, ids: list[int], params: SamplingParams, n: int = 1) -> Job:
-        """Enqueue a raw prompt as is; raises PromptTooLong or QueueFull."""
+        """Enqueue a prompt as is; raises BadPrompt, PromptTooLong or QueueFull."""
         if not ids:
-            raise PromptTooLong("the prompt is empty; give at least one token")
+            raise BadPrompt("the prompt is empty; give at least one token")
         if any(not 0 <= i < self.tok.vocab_size for i in ids):
-            raise PromptTooLong(f"prompt token ids must be in [0, {self.tok.vocab_size})")
-        if len(ids) + params.max_new_tokens > self.block_size:
-            raise PromptTooLong(f"the prompt has {len(ids)} tokens and max_tokens is "
-                                f"{params.max_new_tokens}; together they must fit the "
-                                f"{self.block_size}-token context")
+            raise BadPrompt(f"prompt token ids must be in [0, {self.tok.vocab_size})")
+        self.check_fits(len(ids), params.max_new_tokens)
         return self._enqueue(ids, params, 0, n)
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Raise PromptTooLong unless the prompt and its token budget fit the context together."""
+        if prompt_tokens + max_new_tokens > self.block_size:
+            raise PromptTooLong(
+                f"this model's context holds {self.block_size} tokens, but the request needs "
+                f"{prompt_tokens + max_new_tokens}: {prompt_tokens} in the prompt and "
+                f"{max_new_tokens} for the completion; shorten the prompt or lower max_tokens")
+
+    def _check_size(self, messages: Any) -> None:
+        if not isinstance(messages, list):
+            return
+        chars = sum(len(m.get("content") or "") for m in messages if isinstance(m, dict)
+                    and isinstance(m.get("content"), str))
+        if chars > MAX_CHARS:
+            raise ChatFormatError(f"the conversation has {chars:,} characters; the limit is "
+                                  f"{MAX_CHARS:,} (only the last {self.block_size} tokens are used anyway)")
 
     def _enqueue(self, ids: list[int], params: SamplingParams, cropped: int, n: int) -> Job:
         job = Job(ids=ids, params=params, cropped=cropped, loop=asyncio.get_running_loop(), n=n)
@@ -241,14 +268,15 @@ class Engine:
         if getattr(seq, "reported", False):
             return
         text, logprobs = seq.drain()
-        if text or logprobs:
-            job.emit(Delta(text, index, logprobs))
+        prompt_logprobs = seq.drain_prompt_logprobs()
+        if text or logprobs or prompt_logprobs:
+            job.emit(Delta(text, index, logprobs, prompt_logprobs))
         if seq.finish_reason is not None:
             if seq.error:
                 log.warning("a sequence failed: %s", seq.error)
             job.emit(Done(seq.finish_reason, len(job.ids), len(seq.tokens), job.cropped,
                           error=seq.error, index=index, tokens=list(seq.tokens),
-                          prompt_logprobs=seq.prompt_logprobs))
+                          unshown_logprobs=seq.unshown_logprobs, stop_logprob=seq.stop_logprob))
             seq.reported = True
             self._finished(job, index, seq.finish_reason)
 

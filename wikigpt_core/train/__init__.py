@@ -4,7 +4,7 @@ Modules: `config` (step counts, run keys), `runtime` (device, DDP, autocast, com
 optimizer), `schedule` (cosine LR), `data` (memmap shards, packed SFT blocks, preference
 pairs), `objectives` (LM and DPO losses), `checkpoint` (atomic, resumable), `metrics`
 (JSONL, W&B, callback; FLOPs and GPU peaks), `trainer` (the loop), `stage` (trainer ->
-artifact), `samples`, `cli`.
+artifact), `samples` (text samples during training), `memory` (will a run fit on a GPU).
 
 Decisions, in brief:
 - Precision: on CUDA, float32 master weights and AdamW state, bf16 autocast for the forward

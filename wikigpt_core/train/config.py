@@ -2,18 +2,13 @@
 sequence length, and the run key that decides whether a checkpoint may be resumed."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import warnings
 from pathlib import Path
-from typing import Any
 
-from wikigpt_core.artifacts import MANIFEST, read_manifest
-
-
-def as_dict(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
+from wikigpt_core.artifacts import manifest_hash
+from wikigpt_core.config import as_dict
 
 
 def seq_len(train_cfg, model_cfg) -> int:
@@ -38,15 +33,16 @@ def derive_max_steps(train_cfg, units: int) -> int:
 
 # TrainConfig fields that do not change the trained weights: changing them keeps the run key.
 _BOOKKEEPING = {"eval_interval", "eval_iters", "sample_interval", "ckpt_interval", "ckpt_minutes",
-                "keep_last_k", "log_interval", "compile"}
+                "keep_last_k", "log_interval", "compile", "compile_mode", "attention"}
 
 
 def input_fingerprint(path: Path) -> str:
     """An artifact's content hash from its manifest; else a hash of file names, sizes and
     modification times (cheap, and changes whenever the files do)."""
     path = Path(path)
-    if (path / MANIFEST).exists():
-        return read_manifest(path).get("content_hash", "")
+    recorded = manifest_hash(path)
+    if recorded is not None:
+        return recorded
     h = hashlib.sha256()
     for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
         if p.is_file():

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wikigpt_core import jsonl
 from wikigpt_core.chat import IGNORE_INDEX, ChatFormatError, render_example, render_prompt
 
 Batch = dict[str, torch.Tensor]
@@ -135,18 +136,8 @@ def pack_examples(examples: list[tuple[list[int], list[int]]], block_size: int, 
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path} is missing")
-    rows = []
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n} is not valid JSON: {e}") from None
-    return rows
+    """The rows of a training input file; DataError if it is missing or malformed."""
+    return jsonl.read_jsonl(path, DataError)
 
 
 def render_sft_file(path: Path, tok) -> list[tuple[list[int], list[int]]]:

@@ -1,7 +1,8 @@
 """Will a training stage fit its GPU? Answered on a CPU, before a GPU is rented.
 
-The estimate runs the real step: the real `GPT`, the stage's real objective (`LMObjective`, or
-`DPOObjective` with its frozen reference model) and the real `Trainer.train_step` (autocast,
+The estimate runs the real step: the real `GPT`, the stage's real objective (`LMObjective`
+with the chunked head and loss the GPU runs, or `DPOObjective` on stored reference
+log-probabilities, the policy alone) and the real `Trainer.train_step` (autocast,
 backward, gradient clipping, AdamW) on fake tensors (`FakeTensorMode`: shapes and dtypes, no
 data, no compute). A dispatch mode counts the bytes of every tensor storage the step creates
 and subtracts them when the storage dies, so its high-water mark is the step's peak of
@@ -143,7 +144,8 @@ def micro_batch(stage: str, rows: int, length: int, vocab: int) -> dict[str, tor
                 "chosen_targets": _random_rows(rows, length, vocab),
                 "rejected_idx": _random_rows(rows, length, vocab),
                 "rejected_targets": _random_rows(rows, length, vocab),
-                "chosen_len": full, "rejected_len": full.clone()}
+                "chosen_len": full, "rejected_len": full.clone(),
+                "ref_chosen": torch.zeros(rows), "ref_rejected": torch.zeros(rows)}
     batch = {"idx": _random_rows(rows, length, vocab), "targets": _random_rows(rows, length, vocab)}
     if stage == "sft":  # four packed documents per block
         batch["doc_ids"] = (torch.arange(length) * 4 // length).expand(rows, length).contiguous()
@@ -173,10 +175,13 @@ def _built_in_place(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _objective(stage: str, model_cfg: GPTConfig, train_cfg):
+def _objective(stage: str, train_cfg, fused_head: bool):
+    """The objective the GPU runs (`fused_head=False`: the whole-logits head, for comparison).
+    Packed SFT's attention is the dense mask either way (FlexAttention has no CPU backward):
+    an upper bound, since FlexAttention keeps no (T, T) mask."""
     if stage != "dpo":
-        return LMObjective()
-    objective = DPOObjective(GPT(model_cfg), beta=train_cfg.dpo_beta)
+        return LMObjective(flex=False, chunked=fused_head)
+    objective = DPOObjective(None, beta=train_cfg.dpo_beta)  # stored reference log-probabilities
     objective.static_shapes = True  # full padded length: the worst case, and no data-dependent trim
     return objective
 
@@ -206,10 +211,10 @@ def _param_bytes(module: torch.nn.Module) -> int:
 
 
 def measure_step(stage: str, model_cfg: GPTConfig, train_cfg, micro: int, *,
-                 fake: bool = True) -> StepBytes:
+                 fake: bool = True, fused_head: bool = True) -> StepBytes:
     """Bytes of two optimizer steps of the stage on CPU, on fake tensors or (fake=False) on
     real ones. Everything, model included, is created while the count runs, so nothing
-    escapes it."""
+    escapes it. `fused_head=False` measures the whole-logits head instead of the chunked one."""
     if stage not in TRAINING_STAGES.values():
         raise ValueError(f"unknown training stage {stage!r}; one of {sorted(TRAINING_STAGES.values())}")
     cfg = _estimate_config(train_cfg, micro)
@@ -218,7 +223,7 @@ def measure_step(stage: str, model_cfg: GPTConfig, train_cfg, micro: int, *,
     fake_mode = FakeTensorMode() if fake else contextlib.nullcontext()
     with fake_mode, counter:
         model = _built_in_place(GPT(model_cfg))
-        objective = _objective(stage, model_cfg, train_cfg)
+        objective = _objective(stage, train_cfg, fused_head)
         data = _SyntheticData(stage, micro, length, model_cfg.vocab_size)
         trainer = Trainer(model, objective, data, cfg, Runtime(torch.device("cpu")), max_steps=2,
                           checkpointer=None, logger=None, tokens_per_micro=lambda batch: 0)

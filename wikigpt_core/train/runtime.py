@@ -7,6 +7,10 @@ bf16 autocast, `compile = "on"` compiles through inductor with the machine's C c
 is how the GPU path is tested on CPU. On CUDA, SDPA picks the flash kernel for causal bf16
 attention, AdamW is fused and TF32 matmuls are allowed. Under torchrun (RANK/WORLD_SIZE set)
 the process group is initialised here: NCCL on CUDA, gloo on CPU.
+
+Two settings pick kernels, not results (they differ within bf16 rounding): `compile_mode`
+(torch.compile's mode) and `attention` (the SDPA backend preferred for causal attention;
+packed blocks go through FlexAttention on CUDA whatever it says, see `doc_attention`).
 """
 from __future__ import annotations
 
@@ -22,6 +26,13 @@ import torch.distributed as dist
 
 PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_MODES = ("auto", "on", "off")
+TORCH_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+"""`TrainConfig.compile_mode`: torch.compile's `mode`. max-autotune-no-cudagraphs benchmarks
+matmul and attention kernels while compiling (minutes more, worth it on long runs); CUDA graphs
+stay off because the step's inputs (a new BlockMask, bucketed DPO shapes) change every step."""
+ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+"""`TrainConfig.attention`: the SDPA backend tried first. auto = cuDNN then flash on sm90+
+(Hopper and later, where cuDNN's attention is the faster one), torch's own order elsewhere."""
 
 
 @dataclass
@@ -110,6 +121,43 @@ def should_compile(mode: str, runtime: Runtime) -> bool:
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     return mode == "on" or (mode == "auto" and runtime.is_cuda)
+
+
+def compile_model(module: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """`torch.compile(module)` in `mode` (one of TORCH_COMPILE_MODES), with static shapes: each
+    input shape gets its own graph (the DPO buckets, a fixed small set) instead of a dynamic one."""
+    if mode not in TORCH_COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {', '.join(TORCH_COMPILE_MODES)}, got {mode!r}")
+    return torch.compile(module, mode=mode, dynamic=False)
+
+
+def sdpa_order(preference: str, device: torch.device) -> list[str]:
+    """SDPA backends by priority for an `attention` preference on `device` ([] = torch's own
+    order). An explicit choice comes first; the others stay behind it as fallbacks, so a shape
+    or mask the chosen kernel refuses still runs."""
+    if preference not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {preference!r}")
+    if device.type != "cuda":
+        return []
+    if preference == "auto":
+        hopper = torch.cuda.get_device_capability(device)[0] >= 9
+        return ["cudnn", "flash", "efficient", "math"] if hopper else []
+    return [preference] + [b for b in ("flash", "cudnn", "efficient", "math") if b != preference]
+
+
+def attention_context(preference: str, device: torch.device):
+    """A context in which SDPA tries the backends of `sdpa_order` in that order."""
+    order = sdpa_order(preference, device)
+    if not order:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+             "math": "MATH"}
+    backends = [getattr(SDPBackend, names[b]) for b in order if hasattr(SDPBackend, names[b])]
+    if "set_priority" in inspect.signature(sdpa_kernel).parameters:
+        return sdpa_kernel(backends, set_priority=True)
+    return sdpa_kernel(backends)  # an older torch: the set, in torch's own order
 
 
 def wrap_ddp(module: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:

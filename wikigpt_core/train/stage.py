@@ -5,6 +5,11 @@ logger (log.jsonl and offline W&B under the work dir), runs the Trainer, and on 
 publishes the artifact (model.safetensors, config.json, and tokenizer.json when the stage was
 given a tokenizer; the run record run/metrics.json and run/log.jsonl, outside the content hash,
 since they hold timings) through ArtifactWriter; then it clears the scratch.
+
+`prepare(run_dir)`, when given, runs once the run's work dir exists and before training: what
+a stage computes once per run and keeps beside its checkpoints (DPO's reference
+log-probabilities), so a resumed run finds it there and the scratch clean-up removes it.
+The kernel settings (`compile_mode`, `attention`) are recorded in the stats.
 """
 from __future__ import annotations
 
@@ -38,13 +43,16 @@ def run_training(stage: str, *, model: torch.nn.Module, objective, data, train_c
                  on_metrics: MetricsCallback | None,
                  summarize: Callable[[TrainState], dict[str, Any]],
                  evaluate=None, sample=None, tokens_per_micro=None, flops_per_token=None,
-                 tokenizer_dir: Path | None = None) -> StageResult:
+                 tokenizer_dir: Path | None = None,
+                 prepare: Callable[[Path], None] | None = None) -> StageResult:
     payload = key_payload(stage, model.config, train_cfg, inputs)
     key = run_key(payload)
     work = Path(work)
     ckpt = Checkpointer(work, key, train_cfg.ckpt_interval, train_cfg.keep_last_k, enabled=runtime.is_main,
                         minutes=train_cfg.ckpt_minutes)
     runtime.barrier()  # rank 0 has cleared stale keys before anyone reads
+    if prepare is not None:
+        prepare(ckpt.dir)
     logger = MetricLogger(work / key / LOG_FILE if runtime.is_main else None, on_metrics=on_metrics,
                           wandb_dir=work if runtime.is_main else None,  # survives clear()
                           run_name=f"{stage}-{key[:8]}", run_id=f"{stage}-{key}",
@@ -60,7 +68,8 @@ def run_training(stage: str, *, model: torch.nn.Module, objective, data, train_c
     finally:
         logger.close()
     stats = {"steps": state.step, "seconds": round(state.seconds, 3), "checkpoints_saved": ckpt.saved,
-             **summarize(state)}
+             "compiled": trainer.compiled, "compile_mode": train_cfg.compile_mode,
+             "attention": train_cfg.attention, **summarize(state)}
     if step_cfg is not train_cfg:  # the micro-batch was lowered to fit the card
         stats.update(micro_batch=step_cfg.batch_size, micro_batches_per_step=step_cfg.grad_accum)
     stats = {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))}  # no None

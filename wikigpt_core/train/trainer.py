@@ -5,8 +5,9 @@ optimizer and cosine schedule, a checkpointer and a metric logger; `train()` res
 checkpoint if any, runs `train_step()` to `max_steps`, evaluates, samples, checkpoints and
 returns the final figures.
 
-Precision and compile come from the config (`cfg.precision`, `cfg.compile`): the objective
-runs under the runtime's autocast, and with compile the forward is `torch.compile(model)`
+Precision and compile come from the config (`cfg.precision`, `cfg.compile`, `cfg.compile_mode`,
+`cfg.attention`): the objective runs under the runtime's autocast and the preferred SDPA
+backends, and with compile the forward is `torch.compile(model, mode=..., dynamic=False)`
 (inside DDP, whose all-reduce happens once per optimizer step anyway: every micro-batch but
 the last runs under no_sync). Evaluation and samples use the plain module, so they never
 trigger a recompile of the training graph.
@@ -33,7 +34,8 @@ import torch
 from wikigpt_core.pipes_bridge import TOTAL_STEPS
 from wikigpt_core.train.checkpoint import Checkpointer
 from wikigpt_core.train.metrics import MetricLogger, gpu_peak_flops
-from wikigpt_core.train.runtime import Runtime, build_optimizer, should_compile, wrap_ddp
+from wikigpt_core.train.runtime import (Runtime, attention_context, build_optimizer, compile_model,
+                                       should_compile, wrap_ddp)
 from wikigpt_core.train.schedule import CosineSchedule
 
 
@@ -82,10 +84,7 @@ class Trainer:
         fwd = self.model
         self.compiled = should_compile(cfg.compile, runtime)
         if self.compiled:
-            fwd = torch.compile(fwd)
-            if hasattr(objective, "static_shapes"):
-                # Every new input shape would be a recompile: keep each micro-batch the same shape.
-                objective.static_shapes = True
+            fwd = compile_model(fwd, cfg.compile_mode)  # DPO's length buckets: one graph each
         if runtime.distributed:
             fwd = wrap_ddp(fwd, runtime)
         self.forward_model = fwd  # what the objective calls during training
@@ -191,7 +190,7 @@ class Trainer:
             batch = {k: v.to(self.runtime.device, non_blocking=True) for k, v in cpu_batch.items()}
             # Under DDP, gradients are all-reduced only on the last micro-batch.
             ctx = model.no_sync() if self.runtime.distributed and i < n - 1 else contextlib.nullcontext()
-            with ctx:
+            with ctx, attention_context(self.cfg.attention, self.runtime.device):
                 with self.runtime.autocast():
                     loss, mets = self.objective(model, batch)
                 (loss / n).backward()

@@ -346,7 +346,7 @@ def check_nodes(config: Mapping[str, Any]) -> None:
             f"num_nodes = {nodes} on infra {infra!r}: vast.ai rents single machines, so a stage "
             "cannot span several nodes there. Use more GPUs on one node instead (accelerators "
             "`RTX4090:4` trains with torchrun over 4 GPUs), or a cloud with multi-node clusters "
-            "(ComputeLauncher.infra, e.g. `aws` or `gcp`).")
+            "(SkyPilotLauncher.infra, e.g. `aws` or `gcp`).")
 
 
 def redacted(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def load_sky():
             raise ImportError("only the repository's sky/ YAML folder is importable as `sky`")
     except ImportError as e:
         raise StageLaunchError(
-            "ComputeLauncher(backend='skypilot') needs SkyPilot: pip install -e '.[cloud]' "
+            "SkyPilotLauncher needs SkyPilot: pip install -e '.[cloud]' "
             f"(skypilot[vast]); import failed: {e}") from e
     return sky
 
@@ -111,7 +111,9 @@ def _state(value: Any) -> str:
 
 
 @dataclass
-class SkyPilotLauncher:
+class SkyPilotRunner:
+    """One SkyPilot launch (or teacher rental), built from the `SkyPilotLauncher` resource's config."""
+
     sky_dir: Path
     workdir: Path
     env: dict[str, str]
@@ -129,7 +131,7 @@ class SkyPilotLauncher:
     clock: Callable[[], float] = time.monotonic
 
     @classmethod
-    def from_resource(cls, res) -> "SkyPilotLauncher":
+    def from_resource(cls, res) -> "SkyPilotRunner":
         return cls(sky_dir=res.sky_dir_path(), workdir=res.workdir_path(), env=dict(res.env),
                    infra=res.infra, accelerators=res.accelerators, use_spot=res.use_spot,
                    hub_repo=res.hub_repo, num_nodes=res.num_nodes, keep_cluster=res.keep_cluster,
@@ -143,7 +145,7 @@ class SkyPilotLauncher:
             raise StageLaunchError(
                 "use_spot runs as a SkyPilot managed job whose cluster disappears after it ends, "
                 "so outputs cannot be rsynced back and vast.ai cannot mount buckets: set "
-                "ComputeLauncher.hub_repo (and HF_TOKEN) so outputs and checkpoints go "
+                "SkyPilotLauncher.hub_repo (and HF_TOKEN) so outputs and checkpoints go "
                 "through the HF Hub")
         run = context.run
         cluster = cluster_name(stage, run.root_run_id or run.run_id)
