@@ -24,7 +24,8 @@ def _pytest_without_rsync(tmp_path: Path, ci: bool) -> subprocess.CompletedProce
     bin_dir.mkdir(exist_ok=True)
     if not (bin_dir / "python").exists():
         (bin_dir / "python").symlink_to(sys.executable)
-    env = {k: v for k, v in os.environ.items() if k != "CI"} | {"PATH": str(bin_dir)}
+    # The inner run gets neither CI nor the outer run's options (CI's --require-passed).
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")} | {"PATH": str(bin_dir)}
     if ci:
         env["CI"] = "true"
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", NEEDS_RSYNC],
