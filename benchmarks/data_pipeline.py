@@ -42,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.report import machine_info, machine_line, write_json  # noqa: E402
+from benchmarks.report import machine_info, machine_line, tree_rss_mb, write_json  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "data_pipeline.json"
 SECTIONS = ("clean", "minhash", "dedup", "tokenizer", "rss")
@@ -118,27 +118,9 @@ class _TreeRSS:
         self._thread.start()
 
     def _run(self) -> None:
-        page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
         me = os.getpid()
         while not self._stop.wait(0.05):
-            children: dict[int, list[int]] = {}
-            for stat in Path("/proc").glob("[0-9]*/stat"):
-                try:
-                    fields = stat.read_text().rsplit(")", 1)[1].split()
-                    children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-                except (OSError, IndexError, ValueError):
-                    continue
-            tree, todo = [], [me]
-            while todo:
-                pid = todo.pop()
-                tree.append(pid)
-                todo.extend(children.get(pid, []))
-            rss = {}
-            for pid in tree:
-                try:
-                    rss[pid] = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page_mb
-                except (OSError, IndexError, ValueError):
-                    pass
+            rss = tree_rss_mb(me)
             self.tree_mb = max(self.tree_mb, sum(rss.values()))
             self.worker_mb = max([self.worker_mb] + [v for p, v in rss.items() if p != me])
 

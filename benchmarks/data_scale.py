@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.report import machine_info, machine_line, write_json  # noqa: E402
+from benchmarks.report import machine_info, machine_line, tree_rss_mb, write_json  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "data_scale.json"
 DUMP_NAME = "enwiki-20990101-pages-articles-multistream"
@@ -77,10 +77,9 @@ class TreeSampler:
         self._thread.start()
 
     def _run(self) -> None:
-        page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
         tick = 0
         while not self._stop.wait(0.05):
-            rss = {pid: _statm_pages(pid) * page_mb for pid in _descendants(self.pid)}
+            rss = tree_rss_mb(self.pid)
             self.main_mb = max(self.main_mb, rss.get(self.pid, 0.0))
             self.worker_mb = max([self.worker_mb] + [v for p, v in rss.items() if p != self.pid])
             self.tree_mb = max(self.tree_mb, sum(rss.values()))
@@ -95,22 +94,6 @@ class TreeSampler:
         self.disk_bytes = max(self.disk_bytes, tree_bytes(self.disk_root))
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
 def _cpu_seconds(pid: int) -> float:
     """user + system CPU seconds of one process, threads included (not its children)."""
     try:
@@ -118,13 +101,6 @@ def _cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
-
-
-def _statm_pages(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def tree_bytes(root: Path) -> int:

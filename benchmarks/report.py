@@ -70,3 +70,32 @@ def write_json(path: Path, script: str, machine: dict[str, Any], figures: dict[s
     tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     tmp.replace(path)
     return path
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every process descended from it, read from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def tree_rss_mb(root: int) -> dict[int, float]:
+    """Resident MB of `root` and each of its descendants still alive, from /proc/<pid>/statm."""
+    page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+    rss = {}
+    for pid in process_tree(root):
+        try:
+            rss[pid] = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page_mb
+        except (OSError, IndexError, ValueError):
+            pass
+    return rss

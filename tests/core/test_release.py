@@ -198,21 +198,9 @@ def test_release_cli_reads_lineage_from_manifests(built, tmp_path):
     upstreams' current versions, and `--spec` runs the release from that spec alone."""
     import subprocess
 
-    from wikigpt_core.artifacts import ArtifactWriter, point_current
-    from wikigpt_core.model_io import save_model
-
     _, model, tok = built
     home = tmp_path / "home"
-    for name, entry in support.LINEAGE.items():
-        with ArtifactWriter(home / "tiny" / name / "v1", stage=name) as w:
-            w.stats.update(entry["stats"])
-            if name == "dpo_checkpoint":
-                save_model(model, w.dir)
-            elif name == "tokenizer":
-                tok.backend.save(str(w.dir / "tokenizer.json"))
-            elif name == "eval_report":
-                (w.dir / "report.json").write_text(json.dumps(support.REPORT))
-        point_current(w.out)
+    support.materialize_upstreams(home, model, tok)
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("HF_", "WIKIGPT_"))}
     env |= {"WIKIGPT_HOME": str(home)}
     spec = tmp_path / "spec.json"

@@ -7,9 +7,7 @@ import json
 import pytest
 
 import tests.core.test_release_support as support
-from wikigpt_core.artifacts import ArtifactWriter, point_current
 from wikigpt_core.config import asset_root, load_settings
-from wikigpt_core.model_io import save_model
 from wikigpt_core.release.publish import HubTarget
 from wikigpt_core.run import run_spec
 from wikigpt_core.stages import resolve_spec
@@ -29,16 +27,7 @@ def home(tmp_path, monkeypatch):
     monkeypatch.delenv("WIKIGPT_PROFILE", raising=False)  # the profile must come from the spec
     tok = support.train_tokenizer(tmp_path / "tok")
     model = support.random_model(tok.vocab_size)
-    for name, entry in support.LINEAGE.items():
-        with ArtifactWriter(tmp_path / "home" / "tiny" / name / "v1", stage=name) as w:
-            w.stats.update(entry["stats"])
-            if name == "dpo_checkpoint":
-                save_model(model, w.dir)
-            elif name == "tokenizer":
-                tok.backend.save(str(w.dir / "tokenizer.json"))
-            elif name == "eval_report":
-                (w.dir / "report.json").write_text(json.dumps(support.REPORT))
-        point_current(w.out)
+    support.materialize_upstreams(tmp_path / "home", model, tok)
     return tmp_path / "home"
 
 

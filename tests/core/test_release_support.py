@@ -17,7 +17,7 @@ import httpx
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from wikigpt_core.artifacts import content_hash
+from wikigpt_core.artifacts import ArtifactWriter, content_hash, point_current
 from wikigpt_core.config import ReleaseConfig
 from wikigpt_core.model import GPT, GPTConfig
 from wikigpt_core.model_io import save_model
@@ -212,3 +212,18 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         return self.proc.stdout.read() if self.proc.stdout else ""
+
+
+def materialize_upstreams(home: Path, model: GPT, tok: WikiTokenizer, profile: str = "tiny") -> None:
+    """The release's upstreams under `home/<profile>/<asset>/v1` with `current` set, laid out as
+    the pipeline lays them out: the DPO weights, the tokenizer, the eval report, lineage stats."""
+    for name, entry in LINEAGE.items():
+        with ArtifactWriter(home / profile / name / "v1", stage=name) as w:
+            w.stats.update(entry["stats"])
+            if name == "dpo_checkpoint":
+                save_model(model, w.dir)
+            elif name == "tokenizer":
+                tok.backend.save(str(w.dir / "tokenizer.json"))
+            elif name == "eval_report":
+                (w.dir / "report.json").write_text(json.dumps(REPORT))
+        point_current(w.out)

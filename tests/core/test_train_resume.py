@@ -49,14 +49,21 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-def test_resume_is_bit_identical(tmp_path, shards):
+def run_then_crash_at_5(tmp_path: Path, shards):
+    """A full 6-step run (checkpoints every 2), and a second run of the same config that crashes
+    at step 5, leaving its checkpoints in `work`. Returns (configs, the full result, work)."""
     shards_dir, vocab = shards
     cfg, mcfg = micro_train(max_steps=6, ckpt_interval=2), micro_model(vocab)
     full = run_pretrain(mcfg, cfg, shards_dir, tmp_path / "a", tmp_path / "work_a")
-
     work = tmp_path / "work_b"
     with pytest.raises(Crash):
         run_pretrain(mcfg, cfg, shards_dir, tmp_path / "b", work, on_metrics=crash_at(5))
+    return (mcfg, cfg), full, work
+
+
+def test_resume_is_bit_identical(tmp_path, shards):
+    shards_dir, _ = shards
+    (mcfg, cfg), full, work = run_then_crash_at_5(tmp_path, shards)
     ckpts = sorted(p.name for p in work.glob("*/ckpt-*"))
     assert ckpts == ["ckpt-00000002", "ckpt-00000004"]  # keep_last_k = 2
     assert not (tmp_path / "b").exists()  # nothing published by the crashed run
@@ -87,12 +94,8 @@ def refuse_four_states(states):
 
 
 def test_checkpoint_from_four_gpus_resumes_in_one_process_bit_identical(tmp_path, shards, monkeypatch):
-    shards_dir, vocab = shards
-    cfg, mcfg = micro_train(max_steps=6, ckpt_interval=2), micro_model(vocab)
-    full = run_pretrain(mcfg, cfg, shards_dir, tmp_path / "a", tmp_path / "work_a")
-    work = tmp_path / "work_b"
-    with pytest.raises(Crash):
-        run_pretrain(mcfg, cfg, shards_dir, tmp_path / "b", work, on_metrics=crash_at(5))
+    shards_dir, _ = shards
+    (mcfg, cfg), full, work = run_then_crash_at_5(tmp_path, shards)
     resume_file = next(work.glob("*/ckpt-00000004")) / "resume.pt"
     state = torch.load(resume_file, weights_only=True)
     assert "cuda" not in state["rng"]  # trained on CPU: no CUDA generator to keep
